@@ -1,0 +1,4 @@
+"""Gureum: a self-hosted serverless platform. The SDK's public API is re-exported here."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

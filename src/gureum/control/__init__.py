@@ -1,0 +1,1 @@
+"""The registry: functions, versions, aliases and their code packages."""

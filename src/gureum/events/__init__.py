@@ -1,0 +1,1 @@
+"""Asynchronous work: durable event queue, retries, dead letters."""

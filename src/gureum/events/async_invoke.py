@@ -1,0 +1,196 @@
+"""Durable `Event` invocations: committed to the metadata store before the 202, then run.
+
+Each event is a row in `async_events`. Workers claim due events by taking a lease (state
+`running`, `lease_until`); an event whose lease ran out — its worker or the whole process died
+— is due again, so every accepted event runs at least once, also across restarts. Function
+errors are retried with exponential backoff and jitter up to `max_attempts`; then the event is
+`failed` (dead-lettered, kept for inspection). Throttling is retried without using an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+from gureum.errors import ResourceNotFound, TooManyRequests
+from gureum.node.dispatcher import Dispatcher
+from gureum.store import Database
+from gureum.store.schema import async_events
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_ATTEMPTS = 3  # the first try plus AWS's default of 2 retries
+MAX_EVENT_AGE_S = 6 * 3600.0
+LEASE_GRACE_S = 60.0
+
+
+class AsyncInvoker:
+    """Accepts events durably and runs them on the dispatcher with `workers` concurrent tasks."""
+
+    def __init__(
+        self,
+        db: Database,
+        dispatcher: Dispatcher,
+        *,
+        workers: int,
+        retry_base_s: float,
+        poll_s: float,
+    ) -> None:
+        self.db = db
+        self.dispatcher = dispatcher
+        self.workers = workers
+        self.retry_base_s = retry_base_s
+        self.poll_s = poll_s
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._claim_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
+
+    async def enqueue(self, account: str, name: str, qualifier: str | None, payload: bytes) -> str:
+        """Write the event durably and return its request id. Returns only once committed."""
+        request_id = str(uuid.uuid4())
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                async_events.insert().values(
+                    request_id=request_id,
+                    account_id=account,
+                    function_name=name,
+                    qualifier=qualifier or "",
+                    payload=payload,
+                    state="pending",
+                    attempts=0,
+                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                    not_before=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        self._wakeup.set()
+        return request_id
+
+    async def _claim(self) -> dict[str, Any] | None:
+        now = time.time()
+        due = sa.or_(
+            sa.and_(async_events.c.state == "pending", async_events.c.not_before <= now),
+            sa.and_(async_events.c.state == "running", async_events.c.lease_until < now),
+        )
+        async with self._claim_lock, self.db.engine.begin() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(async_events).where(due).order_by(async_events.c.id).limit(1)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            # generous lease: the longest a function may run, plus a margin
+            await conn.execute(
+                async_events.update()
+                .where(async_events.c.id == row["id"])
+                .values(state="running", lease_until=now + 900 + LEASE_GRACE_S, updated_at=now)
+            )
+        return dict(row)
+
+    async def _settle(self, event_id: int, **values: Any) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                async_events.update()
+                .where(async_events.c.id == event_id)
+                .values(updated_at=time.time(), lease_until=None, **values)
+            )
+
+    async def _work(self) -> None:
+        while True:
+            try:
+                event = await self._claim()
+            except Exception:
+                log.exception("could not claim async events")
+                await asyncio.sleep(1.0)
+                continue
+            if event is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.poll_s)
+                self._wakeup.clear()
+                continue
+            try:
+                await self._run(event)
+            except Exception:
+                log.exception("async event %s failed to run; it will be retried", event["id"])
+
+    async def _run(self, event: dict[str, Any]) -> None:
+        if time.time() - event["created_at"] > MAX_EVENT_AGE_S:
+            await self._settle(event["id"], state="failed", last_error="maximum event age")
+            return
+        try:
+            result = await self.dispatcher.invoke(
+                event["account_id"],
+                event["function_name"],
+                event["qualifier"] or None,
+                event["payload"],
+                trigger="event",
+                request_id=event["request_id"] if event["attempts"] == 0 else None,
+            )
+        except TooManyRequests:
+            delay = self.retry_base_s * (0.5 + random.random())
+            await self._settle(event["id"], state="pending", not_before=time.time() + delay)
+            return
+        except ResourceNotFound as exc:
+            await self._settle(
+                event["id"], state="failed", last_error=exc.message, attempts=event["attempts"] + 1
+            )
+            return
+        attempts = event["attempts"] + 1
+        if result.function_error is None:
+            await self._settle(event["id"], state="succeeded", attempts=attempts, last_error=None)
+            return
+        error = _summary(result.payload)
+        if attempts >= event["max_attempts"]:
+            await self._settle(event["id"], state="failed", attempts=attempts, last_error=error)
+            return
+        delay = self.retry_base_s * (2 ** (attempts - 1)) * (0.5 + random.random())
+        await self._settle(
+            event["id"],
+            state="pending",
+            attempts=attempts,
+            last_error=error,
+            not_before=time.time() + delay,
+        )
+
+    async def list_events(
+        self, account: str, state: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        query = sa.select(*(c for c in async_events.c if c.name != "payload")).where(
+            async_events.c.account_id == account
+        )
+        if state:
+            query = query.where(async_events.c.state == state)
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(query.order_by(async_events.c.id.desc()).limit(limit))
+            return [dict(r) for r in rows.mappings().all()]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+def _summary(payload: bytes) -> str:
+    try:
+        error = json.loads(payload)
+        return f"{error.get('errorType')}: {error.get('errorMessage')}"[:1000]
+    except (ValueError, AttributeError):
+        return payload[:1000].decode(errors="replace")

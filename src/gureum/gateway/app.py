@@ -1,0 +1,127 @@
+"""`GatewayApp`: the single ASGI app. Routes by path prefix, authenticates, limits bodies.
+
+/healthz                 unauthenticated liveness
+/v1/...                  management API (FastAPI)
+everything else          AWS Lambda REST API
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Message, Receive, Scope, Send
+
+from gureum.errors import GureumError, RequestTooLarge
+from gureum.gateway.auth import authenticate
+from gureum.gateway.lambda_api import MAX_SYNC_PAYLOAD, LambdaAPI
+from gureum.gateway.management import build_management_api
+from gureum.gateway.responses import error_response, json_response
+from gureum.platform import Platform
+from gureum.settings import Settings
+
+log = logging.getLogger(__name__)
+# A base64 zip of up to 50 MB (AWS's direct-upload limit) plus the JSON around it.
+MAX_BODY = 70 * 1024 * 1024
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"Request must be smaller than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+class GatewayApp:
+    """Serve a `Platform`. With `settings`, it opens the platform itself on ASGI lifespan."""
+
+    def __init__(self, platform: Platform | None = None, settings: Settings | None = None) -> None:
+        self.platform = platform
+        self.settings = settings
+        self._lambda: ASGIApp | None = None
+        self._management: ASGIApp | None = None
+        if platform is not None:
+            self._mount(platform)
+
+    def _mount(self, platform: Platform) -> None:
+        self.platform = platform
+        self._lambda = LambdaAPI(platform).router()
+        self._management = build_management_api(platform)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/healthz":
+            await json_response({"status": "ok"})(scope, receive, send)
+            return
+        try:
+            await self._handle(scope, receive, send, path)
+        except Exception as exc:
+            await error_response(exc)(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        assert self.platform is not None and self._lambda and self._management
+        limit = MAX_SYNC_PAYLOAD if path.endswith("/invocations") else MAX_BODY
+        try:
+            body = await _read_body(receive, limit)
+        except RequestTooLarge:
+            raise RequestTooLarge(
+                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+                if limit == MAX_SYNC_PAYLOAD
+                else f"Request must be smaller than {limit} bytes"
+            ) from None
+        identity = authenticate(scope, body, self.platform.keyring)
+        scope = {**scope, "gureum.identity": identity}
+        app = self._management if path == "/v1" or path.startswith("/v1/") else self._lambda
+        if app is self._management:
+            scope["root_path"] = scope.get("root_path", "") + "/v1"
+        await app(scope, _replay(body), send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.platform is None and self.settings is not None:
+                        self._mount(await Platform.open(self.settings))
+                except GureumError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": exc.message})
+                    return
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.platform is not None and self.settings is not None:
+                    await self.platform.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,42 @@
+"""The one place where errors become HTTP responses (AWS's REST-JSON error shape)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from starlette.responses import Response
+
+from gureum.errors import ClientError, GureumError, ServiceError, TooManyRequests
+
+log = logging.getLogger(__name__)
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":")),
+        status_code=status,
+        media_type="application/json",
+        headers={"x-amzn-RequestId": str(uuid.uuid4()), **(headers or {})},
+    )
+
+
+def error_response(exc: BaseException) -> Response:
+    """Map any exception to AWS's error shape: `x-amzn-ErrorType` header + JSON body."""
+    if not isinstance(exc, GureumError):
+        log.exception("unexpected error", exc_info=exc)
+        exc = ServiceError("An internal error occurred. The server log has the details.")
+    body: dict[str, object] = {
+        "Type": "User" if isinstance(exc, ClientError) else "Service",
+        "message": exc.message,
+        "code": exc.code,
+    }
+    headers = {"x-amzn-ErrorType": exc.code}
+    if isinstance(exc, TooManyRequests):
+        body["Reason"] = exc.reason
+        headers["Retry-After"] = str(exc.retry_after_s)
+        headers["retryAfterSeconds"] = str(exc.retry_after_s)
+    return json_response(body, exc.status, headers)

@@ -1,0 +1,1 @@
+"""Identity and access: request signatures (SigV4) and the credentials that make them."""

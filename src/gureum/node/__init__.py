@@ -1,0 +1,1 @@
+"""The node agent: dispatcher, instance pool, invocation records."""

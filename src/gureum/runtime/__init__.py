@@ -1,0 +1,1 @@
+"""The in-sandbox runtime shim. Standard library only: it runs inside function instances."""

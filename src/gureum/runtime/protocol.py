@@ -1,0 +1,51 @@
+"""Frames between the node agent and an instance's runtime shim. Standard library only.
+
+A frame is `>II` (header length, payload length), a JSON header, then raw payload bytes.
+Events and results are already JSON bytes, so they travel as the payload untouched.
+
+shim → agent  {"t": "ready"}                           after init (handler imported)
+shim → agent  {"t": "init_error"} + error JSON           init failed; the shim exits
+agent → shim  {"t": "invoke", "id", "deadline", ...} + event bytes
+shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON
+agent closes the socket                                  the shim exits
+
+After each invocation the shim writes LOG_END_MARKER + request id + newline to its stdout
+(which is the instance's log pipe), so the agent knows it holds the invocation's whole log.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+HEADER = struct.Struct(">II")
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 64 << 20
+LOG_END_MARKER = b"\x1egureum-end "
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame."""
+
+
+def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return HEADER.pack(len(raw), len(payload)) + raw + payload
+
+
+def decode_lengths(prefix: bytes) -> tuple[int, int]:
+    header_len, payload_len = HEADER.unpack(prefix)
+    if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD:
+        raise ProtocolError(f"frame too large: header {header_len}, payload {payload_len}")
+    return header_len, payload_len
+
+
+def decode_header(raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"bad frame header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not an object")
+    return header

@@ -1,0 +1,1 @@
+"""Sandbox drivers: how a function instance's process is created and contained."""

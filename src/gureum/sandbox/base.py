@@ -1,0 +1,67 @@
+"""The sandbox seam: a driver turns an `InstanceSpec` into a running, contained process.
+
+Drivers only create and kill processes; talking to the runtime shim inside is the same for
+every driver and lives in `gureum.sandbox.instance`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a driver needs to start one instance of one function version."""
+
+    function_name: str
+    version: str
+    code_dir: Path
+    handler: str
+    memory_mb: int
+    timeout_s: float
+    env: Mapping[str, str] = field(default_factory=dict)
+    ephemeral_mb: int = 512
+
+
+@dataclass(frozen=True)
+class IsolationCheck:
+    """One protection a driver does or does not provide on this host (for `gureum doctor`)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class SandboxProcess(Protocol):
+    """A started instance process, as a driver hands it over."""
+
+    pid: int
+
+    def kill(self) -> None:
+        """Kill the instance and everything it started. Safe to call repeatedly and after exit."""
+
+    async def wait(self) -> int:
+        """Wait for the instance's main process to exit and return its exit status."""
+
+
+class Sandbox(Protocol):
+    """A sandbox driver. One per node, picked from settings; `close()` is idempotent."""
+
+    name: str
+
+    def checks(self) -> list[IsolationCheck]:
+        """What this driver enforces on this host, each with why or why not."""
+
+    async def spawn(self, spec: InstanceSpec, control_fd: int, log_fd: int) -> SandboxProcess:
+        """Start the runtime shim for `spec` inside the sandbox.
+
+        The child gets `control_fd` (one end of a Unix socketpair) for frames and `log_fd` as
+        both stdout and stderr; the caller closes its copies of both after this returns.
+        Raises SandboxError when the process cannot be started.
+        """
+
+    async def close(self) -> None:
+        """Release driver-wide resources. Instances must have been killed before."""

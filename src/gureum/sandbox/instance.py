@@ -1,0 +1,310 @@
+"""`Instance`: one running function instance, whatever driver started it.
+
+This wrapper owns the rules every driver shares: the control socket and log pipe, the init
+handshake, one invocation at a time, the timeout (kill the whole instance), and "dead means
+no-op" — after a crash, a timeout or `close()`, the instance never runs anything again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gureum.errors import SandboxError
+from gureum.runtime import protocol
+from gureum.sandbox.base import InstanceSpec, Sandbox, SandboxProcess
+
+INIT_TIMEOUT_S = 10.0  # AWS's limit for the init phase
+MAX_LOG_BYTES = 1 << 20  # kept per invocation; older output is dropped with a notice
+LOG_DRAIN_S = 0.2  # after a crash, how long to wait for the last log bytes
+
+
+@dataclass(frozen=True)
+class InvokeOutcome:
+    """What became of one invocation. `payload` is the result JSON, or the error JSON."""
+
+    status: str  # "success" | "error" (handler raised) | "timeout" | "crash"
+    payload: bytes
+    error_type: str | None
+    log: bytes
+    run_ms: float
+    max_rss_kb: int
+
+
+class InitFailed(Exception):
+    """The handler could not be loaded; `error` is the AWS-shaped error JSON."""
+
+    def __init__(self, error: dict[str, Any], log: bytes, init_ms: float) -> None:
+        super().__init__(error.get("errorMessage", "init failed"))
+        self.error = error
+        self.log = log
+        self.init_ms = init_ms
+
+
+def _error(error_type: str, message: str, request_id: str) -> bytes:
+    body = {"errorMessage": message, "errorType": error_type, "requestId": request_id}
+    return json.dumps({**body, "stackTrace": []}).encode()
+
+
+class _LogCollector(asyncio.Protocol):
+    """Splits the instance's log pipe into per-invocation segments at the shim's end markers."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._dropped = 0
+        self._segments: dict[str, bytes] = {}
+        self._waiters: dict[str, asyncio.Future[bytes]] = {}
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            start = self._buffer.find(protocol.LOG_END_MARKER)
+            end = self._buffer.find(b"\n", start) if start >= 0 else -1
+            if end < 0:
+                break
+            key = self._buffer[start + len(protocol.LOG_END_MARKER) : end].decode(errors="replace")
+            segment = self._take(start)
+            del self._buffer[: end + 1 - start]
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(segment)
+            else:
+                self._segments[key] = segment
+        if len(self._buffer) > MAX_LOG_BYTES:
+            overflow = len(self._buffer) - MAX_LOG_BYTES
+            del self._buffer[:overflow]
+            self._dropped += overflow
+
+    def _take(self, upto: int) -> bytes:
+        segment = bytes(self._buffer[:upto])
+        del self._buffer[:upto]
+        if self._dropped:
+            segment = b"[gureum: %d earlier log bytes dropped]\n" % self._dropped + segment
+            self._dropped = 0
+        return segment
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def segment(self, key: str) -> asyncio.Future[bytes]:
+        """A future for the log up to the shim's end marker for `key`."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if key in self._segments:
+            future.set_result(self._segments.pop(key))
+        else:
+            self._waiters[key] = future
+        return future
+
+    def rest(self) -> bytes:
+        """Whatever arrived without an end marker (the instance died mid-invocation)."""
+        return self._take(len(self._buffer))
+
+
+class Instance:
+    """A started, initialised instance. Create with `Instance.start()`."""
+
+    def __init__(
+        self,
+        spec: InstanceSpec,
+        process: SandboxProcess,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        logs: _LogCollector,
+        log_transport: asyncio.ReadTransport,
+    ) -> None:
+        self.spec = spec
+        self.process = process
+        self._reader = reader
+        self._writer = writer
+        self._logs = logs
+        self._log_transport = log_transport
+        self._busy = False
+        self.alive = True
+        self.init_ms = 0.0
+        self.init_log = b""
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self.started_at = time.monotonic()
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, spec: InstanceSpec) -> Instance:
+        """Spawn and initialise an instance; raise InitFailed or SandboxError."""
+        loop = asyncio.get_running_loop()
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_read, log_write = os.pipe()
+        started = time.perf_counter()
+        try:
+            process = await sandbox.spawn(spec, child_sock.fileno(), log_write)
+        except BaseException:
+            parent_sock.close()
+            os.close(log_read)
+            raise
+        finally:
+            child_sock.close()
+            os.close(log_write)
+        log_transport, logs = await loop.connect_read_pipe(
+            _LogCollector, os.fdopen(log_read, "rb", buffering=0)
+        )
+        reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+        instance = cls(spec, process, reader, writer, logs, log_transport)
+        try:
+            header, payload = await asyncio.wait_for(instance._recv(), INIT_TIMEOUT_S)
+        except TimeoutError:
+            await instance.close()
+            error = {
+                "errorMessage": f"Init phase exceeded {INIT_TIMEOUT_S:.0f} seconds",
+                "errorType": "Runtime.InitTimeout",
+                "requestId": "",
+                "stackTrace": [],
+            }
+            raise InitFailed(error, logs.rest(), INIT_TIMEOUT_S * 1000) from None
+        except (EOFError, ConnectionError, protocol.ProtocolError):
+            status = await instance._exit_status()
+            log = logs.rest()
+            await instance.close()
+            error = {
+                "errorMessage": f"Runtime exited during init: {status}",
+                "errorType": "Runtime.ExitError",
+                "requestId": "",
+                "stackTrace": [],
+            }
+            raise InitFailed(error, log, (time.perf_counter() - started) * 1000) from None
+        instance.init_ms = (time.perf_counter() - started) * 1000
+        instance.init_log = await instance._log_segment("init")
+        if header.get("t") != "ready":
+            await instance.close()
+            try:
+                error = json.loads(payload)
+            except ValueError:
+                error = {"errorMessage": "init failed", "errorType": "Runtime.Unknown"}
+            raise InitFailed(error, instance.init_log, instance.init_ms)
+        return instance
+
+    async def invoke(
+        self,
+        request_id: str,
+        event: bytes,
+        *,
+        invoked_arn: str,
+        timeout_s: float,
+        client_context: dict[str, Any] | None = None,
+        identity: dict[str, Any] | None = None,
+    ) -> InvokeOutcome:
+        """Run one invocation. Never raises for function faults: they become the outcome."""
+        if not self.alive:
+            raise SandboxError("instance is no longer alive")
+        if self._busy:
+            raise SandboxError("instance is already running an invocation")
+        self._busy = True
+        self.invocations += 1
+        deadline_ms = int((time.time() + timeout_s) * 1000)
+        header = {
+            "t": "invoke",
+            "id": request_id,
+            "deadline": deadline_ms,
+            "arn": invoked_arn,
+            "client_context": client_context,
+            "identity": identity,
+        }
+        log_future = self._logs.segment(request_id)
+        started = time.perf_counter()
+        try:
+            self._writer.write(protocol.encode(header, event))
+            try:
+                reply, payload = await asyncio.wait_for(self._recv(), timeout_s)
+            except TimeoutError:
+                run_ms = (time.perf_counter() - started) * 1000
+                await self.close()
+                message = f"Task timed out after {timeout_s:.2f} seconds"
+                return InvokeOutcome(
+                    "timeout",
+                    _error(
+                        "Sandbox.Timedout", f"RequestId: {request_id} Error: {message}", request_id
+                    ),
+                    "Sandbox.Timedout",
+                    self._logs.rest() + f"{message}\n".encode(),
+                    run_ms,
+                    0,
+                )
+            except (EOFError, ConnectionError, protocol.ProtocolError):
+                run_ms = (time.perf_counter() - started) * 1000
+                status = await self._exit_status()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._logs.closed), LOG_DRAIN_S)
+                log = self._logs.rest()
+                await self.close()
+                message = f"RequestId: {request_id} Error: Runtime exited with error: {status}"
+                return InvokeOutcome(
+                    "crash",
+                    _error("Runtime.ExitError", message, request_id),
+                    "Runtime.ExitError",
+                    log + b"Runtime.ExitError\n",
+                    run_ms,
+                    0,
+                )
+            run_ms = (time.perf_counter() - started) * 1000
+            log = await self._log_segment(request_id, log_future)
+            ok = bool(reply.get("ok"))
+            error_type = None
+            if not ok:
+                try:
+                    error_type = str(json.loads(payload).get("errorType", "Unhandled"))
+                except (ValueError, AttributeError):
+                    error_type = "Unhandled"
+            return InvokeOutcome(
+                "success" if ok else "error",
+                payload,
+                error_type,
+                log,
+                run_ms,
+                int(reply.get("max_rss_kb", 0)),
+            )
+        finally:
+            self._busy = False
+            self.last_used = time.monotonic()
+            if not log_future.done():
+                log_future.cancel()
+
+    async def close(self) -> None:
+        """Kill the instance and release its resources. Idempotent."""
+        if not self.alive:
+            return
+        self.alive = False
+        self.process.kill()
+        self._writer.close()
+        self._log_transport.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 5.0)
+
+    async def _recv(self) -> tuple[dict[str, Any], bytes]:
+        try:
+            prefix = await self._reader.readexactly(protocol.HEADER.size)
+            header_len, payload_len = protocol.decode_lengths(prefix)
+            header = protocol.decode_header(await self._reader.readexactly(header_len))
+            payload = await self._reader.readexactly(payload_len) if payload_len else b""
+        except asyncio.IncompleteReadError:
+            raise EOFError from None
+        return header, payload
+
+    async def _log_segment(self, key: str, future: asyncio.Future[bytes] | None = None) -> bytes:
+        future = future or self._logs.segment(key)
+        try:
+            # The marker is written before the reply, so it is at most a pipe read behind.
+            return await asyncio.wait_for(future, 1.0)
+        except TimeoutError:
+            return self._logs.rest()
+
+    async def _exit_status(self) -> str:
+        try:
+            code = await asyncio.wait_for(self.process.wait(), 1.0)
+        except TimeoutError:
+            return "unknown"
+        return f"signal: {-code}" if code < 0 else f"exit status {code}"

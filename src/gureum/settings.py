@@ -1,0 +1,111 @@
+"""One `Settings` object for the whole platform, built once from an environment mapping.
+
+Only the CLI (and tests) build it; everything else receives it as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gureum.errors import ConfigurationError
+
+DEFAULT_DATA_DIR = Path("~/.gureum")
+
+
+def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigurationError(f"{key} must not be negative, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one Gureum process. Immutable; derive with `replace()`."""
+
+    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR.expanduser())
+    host: str = "127.0.0.1"
+    port: int = 8070
+    region: str = "us-east-1"
+    # metadata store; empty means SQLite in the data dir (the embedded shape)
+    database_url: str = ""
+    # sandbox driver name: "process" (rlimits only) — see gureum.sandbox
+    sandbox: str = "process"
+    # node capacity and pool behaviour
+    max_instances: int = 64  # all functions together on this node
+    default_concurrency: int = 32  # per function when no reserved concurrency is set
+    queue_depth: int = 64  # invocations allowed to wait for an instance, per function
+    queue_wait_s: float = 10.0  # how long one may wait before it is throttled
+    keep_alive_s: float = 300.0  # idle instance lifetime (scale to zero)
+    # async (Event) invocations
+    async_workers: int = 8
+    async_retry_base_s: float = 1.0  # first retry delay; doubles per attempt, with jitter
+    async_poll_s: float = 0.5
+    # root credentials offered on first start (like MinIO's root user)
+    root_access_key_id: str | None = None
+    root_secret_access_key: str | None = None
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'gureum.db'}"
+
+    @property
+    def endpoint(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `GUREUM_*` variables; raise ConfigurationError on bad values."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("GUREUM_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+        sandbox = env.get("GUREUM_SANDBOX", "process")
+        if sandbox not in ("process",):
+            raise ConfigurationError(f"GUREUM_SANDBOX must be 'process', got {sandbox!r}")
+        return cls(
+            data_dir=data_dir,
+            host=env.get("GUREUM_HOST", "127.0.0.1"),
+            port=_int(env, "GUREUM_PORT", 8070, 0, 65535),
+            region=env.get("GUREUM_REGION", "us-east-1"),
+            database_url=env.get("GUREUM_DATABASE_URL", ""),
+            sandbox=sandbox,
+            max_instances=_int(env, "GUREUM_MAX_INSTANCES", 64, 1, 100_000),
+            default_concurrency=_int(env, "GUREUM_DEFAULT_CONCURRENCY", 32, 1, 100_000),
+            queue_depth=_int(env, "GUREUM_QUEUE_DEPTH", 64, 0, 1_000_000),
+            queue_wait_s=_float(env, "GUREUM_QUEUE_WAIT_S", 10.0),
+            keep_alive_s=_float(env, "GUREUM_KEEP_ALIVE_S", 300.0),
+            async_workers=_int(env, "GUREUM_ASYNC_WORKERS", 8, 1, 1024),
+            async_retry_base_s=_float(env, "GUREUM_ASYNC_RETRY_BASE_S", 1.0),
+            async_poll_s=_float(env, "GUREUM_ASYNC_POLL_S", 0.5),
+            root_access_key_id=env.get("GUREUM_ROOT_ACCESS_KEY_ID") or None,
+            root_secret_access_key=env.get("GUREUM_ROOT_SECRET_ACCESS_KEY") or None,
+            log_level=env.get("GUREUM_LOG_LEVEL", "info"),
+        )

@@ -1,0 +1,150 @@
+"""Shared fixtures: a real Gureum server on an ephemeral port, real clients, real code packages."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import uvicorn
+from botocore.config import Config
+
+from gureum.gateway.app import GatewayApp
+from gureum.settings import Settings
+
+
+def make_zip(files: dict[str, str | bytes]) -> bytes:
+    """A code package with the given {path: content} files."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    app: GatewayApp
+    server: uvicorn.Server
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.endpoint
+
+    @property
+    def platform(self) -> Any:
+        return self.app.platform
+
+    def client(self, service: str = "lambda", **overrides: Any) -> Any:
+        root = self.platform.root
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.settings.region,
+            aws_access_key_id=overrides.pop("aws_access_key_id", root.access_key_id),
+            aws_secret_access_key=overrides.pop("aws_secret_access_key", root.secret_access_key),
+            config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=60),
+            **overrides,
+        )
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(settings: Settings) -> RunningServer:
+    app = GatewayApp(settings=settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    return RunningServer(settings, app, server, thread)
+
+
+def test_settings(data_dir: Path, **changes: Any) -> Settings:
+    base = Settings(
+        data_dir=data_dir,
+        port=free_port(),
+        keep_alive_s=60,
+        async_retry_base_s=0.05,
+        async_poll_s=0.05,
+        database_url=os.environ.get("GUREUM_TEST_DATABASE_URL", ""),
+    )
+    return replace(base, **changes)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with custom settings; all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def factory(**changes: Any) -> RunningServer:
+        data_dir = changes.pop("data_dir", tmp_path / "data")
+        running = start_server(test_settings(data_dir, **changes))
+        started.append(running)
+        return running
+
+    yield factory
+    for running in reversed(started):
+        running.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
+    return server_factory()
+
+
+@pytest.fixture
+def lam(server: RunningServer) -> Any:
+    """A real boto3 Lambda client for the test server, with the root credentials."""
+    return server.client("lambda")
+
+
+ECHO = """
+import json, os, time, logging
+print("init", os.environ["AWS_LAMBDA_FUNCTION_NAME"])
+COUNT = 0
+def handler(event, context):
+    global COUNT
+    COUNT += 1
+    print("event", json.dumps(event))
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("fail"):
+        raise ValueError(event["fail"])
+    return {"event": event, "count": COUNT, "version": context.function_version,
+            "arn": context.invoked_function_arn, "request_id": context.aws_request_id,
+            "pid": os.getpid()}
+"""
+
+
+@pytest.fixture
+def echo_zip() -> bytes:
+    return make_zip({"app.py": ECHO})
