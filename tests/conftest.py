@@ -148,3 +148,29 @@ def handler(event, context):
 @pytest.fixture
 def echo_zip() -> bytes:
     return make_zip({"app.py": ECHO})
+
+
+POSTGRES_URL = os.environ.get("GUREUM_TEST_POSTGRES_URL", "")
+
+
+async def _reset_postgres(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every metadata-store backend: SQLite always; PostgreSQL when GUREUM_TEST_POSTGRES_URL
+    is set (`.ci/run` sets it), emptied before the test."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}"
+    if not POSTGRES_URL:
+        pytest.skip("PostgreSQL tests need GUREUM_TEST_POSTGRES_URL (e.g. postgresql+asyncpg://…)")
+    asyncio.run(_reset_postgres(POSTGRES_URL))
+    return POSTGRES_URL

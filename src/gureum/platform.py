@@ -7,8 +7,11 @@ records, close the store.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
+from pathlib import Path
+from typing import TextIO
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
+from gureum.errors import ConfigurationError
 from gureum.events.async_invoke import AsyncInvoker
 from gureum.iam.credentials import KeyRing, RootCredentials, SessionIssuer, load_or_create_root
 from gureum.node.dispatcher import Dispatcher
@@ -31,6 +35,19 @@ from gureum.store.schema import accounts, functions
 
 log = logging.getLogger(__name__)
 FUNCTION_CREDENTIAL_TTL_S = 6 * 3600
+
+
+def _lock_data_dir(data_dir: Path) -> TextIO:
+    """Hold an exclusive lock on the data dir for this process's lifetime."""
+    handle = (data_dir / "lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigurationError(
+            f"another Gureum process is using {data_dir}; stop it or pick another --data-dir"
+        ) from None
+    return handle
 
 
 def make_sandbox(settings: Settings) -> Sandbox:
@@ -54,12 +71,22 @@ class Platform:
     recorder: InvocationRecorder
     dispatcher: Dispatcher
     async_invoker: AsyncInvoker
+    lock: TextIO
     closed: bool = False
 
     @classmethod
     async def open(cls, settings: Settings) -> Platform:
         """Build, migrate and start everything; raise ConfigurationError on bad set-up."""
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = _lock_data_dir(settings.data_dir)
+        try:
+            return await cls._open_locked(settings, lock)
+        except BaseException:
+            lock.close()
+            raise
+
+    @classmethod
+    async def _open_locked(cls, settings: Settings, lock: TextIO) -> Platform:
         root, created = load_or_create_root(
             settings.data_dir,
             access_key_id=settings.root_access_key_id,
@@ -67,6 +94,22 @@ class Platform:
         )
         sessions = SessionIssuer.load_or_create(settings.data_dir)
         db = await Database.open(settings.resolved_database_url)
+        try:
+            return await cls._assemble(settings, lock, db, root, created, sessions)
+        except BaseException:
+            await db.close()
+            raise
+
+    @classmethod
+    async def _assemble(
+        cls,
+        settings: Settings,
+        lock: TextIO,
+        db: Database,
+        root: RootCredentials,
+        created: bool,
+        sessions: SessionIssuer,
+    ) -> Platform:
         try:
             async with db.engine.begin() as conn:
                 exists = await conn.scalar(
@@ -126,10 +169,11 @@ class Platform:
             recorder,
             dispatcher,
             invoker,
+            lock,
         )
         pool.start()
         recorder.start()
-        invoker.start()
+        await invoker.start(sole_owner=db.dialect == "sqlite")
         await platform._provision_all()
         return platform
 
@@ -165,3 +209,4 @@ class Platform:
         await self.recorder.close()
         await self.sandbox.close()
         await self.db.close()
+        self.lock.close()

@@ -52,7 +52,18 @@ class AsyncInvoker:
         self._tasks: list[asyncio.Task[None]] = []
         self._claim_lock = asyncio.Lock()
 
-    def start(self) -> None:
+    async def start(self, *, sole_owner: bool) -> None:
+        """Start the workers. `sole_owner`: no other process uses this store (the embedded
+        shape), so events left running by a crashed predecessor are due again right away."""
+        if sole_owner:
+            async with self.db.engine.begin() as conn:
+                result = await conn.execute(
+                    async_events.update()
+                    .where(async_events.c.state == "running")
+                    .values(state="pending", lease_until=None, not_before=time.time())
+                )
+            if result.rowcount:
+                log.warning("redelivering %d async events interrupted by a restart", result.rowcount)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def enqueue(self, account: str, name: str, qualifier: str | None, payload: bytes) -> str:
