@@ -145,3 +145,22 @@ def test_concurrent_writers_serialise(database_url: str, tmp_path: Path) -> None
         await registry.db.close()
 
     asyncio.run(scenario())
+
+
+def test_migrations_match_declared_schema(database_url: str) -> None:
+    """The migrated database equals schema.py: a schema change without a revision fails."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from gureum.store.schema import metadata
+
+    async def scenario() -> list[object]:
+        db = await Database.open(database_url)
+        async with db.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+            )
+        await db.close()
+        return list(diff)
+
+    assert asyncio.run(scenario()) == []
