@@ -51,6 +51,7 @@ class AsyncInvoker:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._claim_lock = asyncio.Lock()
+        self._committer = GroupCommitter(db, async_events)
 
     async def start(self, *, sole_owner: bool) -> None:
         """Start the workers. `sole_owner`: no other process uses this store (the embedded
@@ -63,29 +64,29 @@ class AsyncInvoker:
                     .values(state="pending", lease_until=None, not_before=time.time())
                 )
             if result.rowcount:
-                log.warning("redelivering %d async events interrupted by a restart", result.rowcount)
+                log.warning("redelivering %d interrupted async events", result.rowcount)
+        self._committer.start()
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def enqueue(self, account: str, name: str, qualifier: str | None, payload: bytes) -> str:
         """Write the event durably and return its request id. Returns only once committed."""
         request_id = str(uuid.uuid4())
         now = time.time()
-        async with self.db.engine.begin() as conn:
-            await conn.execute(
-                async_events.insert().values(
-                    request_id=request_id,
-                    account_id=account,
-                    function_name=name,
-                    qualifier=qualifier or "",
-                    payload=payload,
-                    state="pending",
-                    attempts=0,
-                    max_attempts=DEFAULT_MAX_ATTEMPTS,
-                    not_before=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+        await self._committer.insert(
+            {
+                "request_id": request_id,
+                "account_id": account,
+                "function_name": name,
+                "qualifier": qualifier or "",
+                "payload": payload,
+                "state": "pending",
+                "attempts": 0,
+                "max_attempts": DEFAULT_MAX_ATTEMPTS,
+                "not_before": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
         self._wakeup.set()
         return request_id
 
@@ -193,10 +194,71 @@ class AsyncInvoker:
             return [dict(r) for r in rows.mappings().all()]
 
     async def close(self) -> None:
+        """Stop the workers (running events are redelivered later) and commit what was
+        accepted but not yet written."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._committer.close()
+
+
+class GroupCommitter:
+    """Inserts rows for many concurrent callers in one transaction (one fsync per batch).
+
+    `insert()` returns only after the row's transaction committed, or raises if it failed.
+    While one batch commits, the next accumulates, so batches grow with load by themselves.
+    """
+
+    def __init__(self, db: Database, table: sa.Table) -> None:
+        self.db = db
+        self.table = table
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def insert(self, row: dict[str, Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        self._wakeup.set()
+        if self._task is None:  # not started, or closed: commit inline
+            await self._commit()
+        await future
+
+    async def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(self.table.insert(), [row for row, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _run(self) -> None:
+        while not self._closing or self._pending:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._commit()
+
+    async def close(self) -> None:
+        """Commit everything accepted so far, then stop. A batch in flight is never cut off."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        await self._commit()
 
 
 def _summary(payload: bytes) -> str:
