@@ -10,10 +10,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
-from pathlib import Path
-from typing import TextIO
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError

@@ -89,6 +89,10 @@ class Dispatcher:
         )
         today = datetime.now(UTC).strftime("%Y/%m/%d")
         env = {
+            # defaults a function may override, as on AWS; reserved keys are refused at deploy
+            "TZ": ":UTC",
+            "LANG": "en_US.UTF-8",
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
             **config.environment,
             "_HANDLER": config.handler,
             "AWS_LAMBDA_FUNCTION_NAME": config.name,
@@ -108,9 +112,6 @@ class Dispatcher:
             "AWS_SESSION_TOKEN": token,
             "LAMBDA_TASK_ROOT": str(code_dir),
             "LAMBDA_RUNTIME_DIR": str(Path(__file__).resolve().parent.parent / "runtime"),
-            "TZ": ":UTC",
-            "LANG": "en_US.UTF-8",
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
         }
         return InstanceSpec(
             function_name=config.name,

@@ -9,6 +9,7 @@ object, the error JSON shape and the `Runtime.*` error types.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import decimal
 import importlib
 import importlib.util
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 from typing import Any
 
 
@@ -85,20 +87,43 @@ class LambdaContext:
         sys.stdout.write(msg)
 
 
+_SHIM_FILE = os.path.abspath(__file__)
+
+
+def _is_platform_frame(filename: str) -> bool:
+    return (
+        filename == _SHIM_FILE
+        or filename.startswith("<frozen importlib")
+        or filename == importlib.__file__
+    )
+
+
+def user_frames(tb: types.TracebackType | None) -> list[str]:
+    """The traceback as AWS's runtime reports it: leading shim and import machinery dropped."""
+    frames = traceback.extract_tb(tb)
+    while frames and _is_platform_frame(frames[0].filename):
+        del frames[0]
+    return traceback.format_list(frames)
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # the function's exception class may break even this
+        return f"<unprintable {type(exc).__name__} object>"
+
+
 def error_json(
     exc: BaseException,
     error_type: str | None = None,
     message: str | None = None,
     with_trace: bool = True,
 ) -> dict[str, Any]:
-    frames = traceback.extract_tb(exc.__traceback__) if with_trace else []
     return {
-        "errorMessage": str(exc) if message is None else message,
+        "errorMessage": _describe(exc) if message is None else message,
         "errorType": error_type or type(exc).__name__,
         "requestId": "",
-        "stackTrace": [
-            f'  File "{f.filename}" Line {f.lineno}, in {f.name}\n    {f.line}\n' for f in frames
-        ],
+        "stackTrace": user_frames(exc.__traceback__) if with_trace else [],
     }
 
 
@@ -128,11 +153,15 @@ def load_handler(spec: str) -> Any:
             )
         ) from None
     except SyntaxError as exc:
-        raise _InitError(
-            error_json(
-                exc, "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {exc}"
-            )
-        ) from None
+        error = error_json(
+            exc,
+            "Runtime.UserCodeSyntaxError",
+            f"Syntax error in module '{module_name}': {exc}",
+            with_trace=False,
+        )
+        # AWS's runtime points at the offending line rather than at the import machinery.
+        error["stackTrace"] = [f'  File "{exc.filename}" Line {exc.lineno}\n    {exc.text}']
+        raise _InitError(error) from None
     except Exception as exc:
         raise _InitError(error_json(exc)) from None
     handler = getattr(module, func_name, None)
@@ -158,7 +187,7 @@ class _ResultEncoder(json.JSONEncoder):
     # AWS's runtime serialises Decimal (DynamoDB numbers) as numbers.
     def default(self, o: Any) -> Any:
         if isinstance(o, decimal.Decimal):
-            return int(o) if o == o.to_integral_value() else float(o)
+            return int(o) if o.is_finite() and o == o.to_integral_value() else float(o)
         return super().default(o)
 
 
@@ -205,10 +234,27 @@ def _recv(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
     return header, _recv_exact(sock, payload_len) if payload_len else b""
 
 
-def _end_log(request_id: str) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):  # a stream the function replaced or broke
+            stream.flush()  # type: ignore[union-attr]
+
+
+def _log_error(error: dict[str, Any]) -> None:
+    """Print the error record into the function's log, as AWS's runtime does."""
+    record = (
+        f"[ERROR] {error['errorType']}: {error['errorMessage']}\n"
+        f"Traceback (most recent call last):\n{''.join(error['stackTrace'])}"
+    )
+    _flush_streams()
+    with contextlib.suppress(OSError):  # the function may have closed its stderr
+        os.write(2, record.encode(errors="backslashreplace"))
+
+
+def _end_log(marker_fd: int, request_id: str) -> None:
+    # Whatever the function did to sys.stdout, fd 1 or the streams, the marker must get out.
+    _flush_streams()
+    os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
 
 
 def _invoke(handler: Any, header: dict[str, Any], payload: bytes) -> tuple[bool, bytes]:
@@ -222,24 +268,34 @@ def _invoke(handler: Any, header: dict[str, Any], payload: bytes) -> tuple[bool,
     try:
         result = handler(event, LambdaContext(header))
     except Exception as exc:
-        # Drop the shim's own frame: users see their code only, as on AWS.
-        tb = exc.__traceback__
-        error = error_json(exc.with_traceback(tb.tb_next if tb else None))
+        # Users see their own frames only, as on AWS.
+        error = error_json(exc)
         error["requestId"] = request_id
-        # AWS's runtime prints the error record into the function's log.
-        print(f"[ERROR] {error['errorType']}: {error['errorMessage']}", file=sys.stderr)
-        print("Traceback (most recent call last):", file=sys.stderr)
-        print("".join(error["stackTrace"]), end="", file=sys.stderr)
+        _log_error(error)
         return False, json.dumps(error).encode()
     try:
         body = json.dumps(result, cls=_ResultEncoder).encode()
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # not only TypeError: objects' own methods may raise anything
         error = error_json(
             exc, "Runtime.MarshalError", f"Unable to marshal response: {exc}", with_trace=False
         )
         error["requestId"] = request_id
         return False, json.dumps(error).encode()
     return True, body
+
+
+def _within_frame_limit(ok: bool, body: bytes, request_id: str) -> tuple[bool, bytes]:
+    # A larger frame would be refused by the agent as malformed, and the instance lost with it.
+    if len(body) <= protocol.MAX_PAYLOAD:
+        return ok, body
+    error = {
+        "errorMessage": f"Response payload size ({len(body)} bytes) exceeded maximum allowed "
+        f"payload size ({protocol.MAX_PAYLOAD} bytes).",
+        "errorType": "Function.ResponseSizeTooLarge",
+        "requestId": request_id,
+        "stackTrace": [],
+    }
+    return False, json.dumps(error).encode()
 
 
 def _peak_rss_kb() -> int:
@@ -269,6 +325,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _apply_rlimits(args.rlimit)
     sock = socket.socket(fileno=args.control_fd)
+    # Processes the function starts must not hold the control socket (or the agent would not
+    # see this process die); the markers get their own descriptor on the log pipe.
+    sock.set_inheritable(False)
+    marker_fd = os.dup(1)
     task_root = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
     sys.path[:0] = [task_root, *args.path]
     os.chdir(task_root)
@@ -279,11 +339,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         handler = load_handler(os.environ.get("_HANDLER", ""))
     except _InitError as exc:
-        print(f"[ERROR] {exc.error['errorType']}: {exc.error['errorMessage']}", file=sys.stderr)
-        _end_log("init")
+        _log_error(exc.error)
+        _end_log(marker_fd, "init")
         sock.sendall(protocol.encode({"t": "init_error"}, json.dumps(exc.error).encode()))
         return
-    _end_log("init")
+    _end_log(marker_fd, "init")
     sock.sendall(protocol.encode({"t": "ready"}))
     while True:
         try:
@@ -291,8 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         except EOFError:
             return
         request_filter.request_id = header["id"]
-        ok, body = _invoke(handler, header, payload)
-        _end_log(header["id"])
+        ok, body = _within_frame_limit(*_invoke(handler, header, payload), header["id"])
+        _end_log(marker_fd, header["id"])
         sock.sendall(
             protocol.encode(
                 {"t": "result", "id": header["id"], "ok": ok, "max_rss_kb": _peak_rss_kb()}, body

@@ -9,8 +9,9 @@ agent → shim  {"t": "invoke", "id", "deadline", ...} + event bytes
 shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON
 agent closes the socket                                  the shim exits
 
-After each invocation the shim writes LOG_END_MARKER + request id + newline to its stdout
-(which is the instance's log pipe), so the agent knows it holds the invocation's whole log.
+After init ("init") and after each invocation (its id) the shim writes LOG_END_MARKER + key +
+newline to the instance's log pipe, through its own duplicate of fd 1 so that a function that
+redirects or closes its stdout cannot lose it; the agent then knows it holds the whole log.
 """
 
 from __future__ import annotations

@@ -53,41 +53,52 @@ def _error(error_type: str, message: str, request_id: str) -> bytes:
 
 
 class _LogCollector(asyncio.Protocol):
-    """Splits the instance's log pipe into per-invocation segments at the shim's end markers."""
+    """Splits the instance's log pipe into per-invocation segments at the shim's end markers.
+
+    Only a marker somebody awaits (the init marker from the start, an invocation's from just
+    before it is sent) ends a segment; anything else that looks like one is the function's own
+    output and stays in its log.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._dropped = 0
-        self._segments: dict[str, bytes] = {}
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
         self.closed = asyncio.get_running_loop().create_future()
+        # Awaited from the start: the marker may arrive before `Instance.start()` looks.
+        self.init = self.segment("init")
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
+        position = 0
         while True:
-            start = self._buffer.find(protocol.LOG_END_MARKER)
+            start = self._buffer.find(protocol.LOG_END_MARKER, position)
             end = self._buffer.find(b"\n", start) if start >= 0 else -1
             if end < 0:
                 break
             key = self._buffer[start + len(protocol.LOG_END_MARKER) : end].decode(errors="replace")
+            waiter = self._waiters.pop(key, None)
+            if waiter is None or waiter.done():
+                position = end + 1
+                continue
             segment = self._take(start)
             del self._buffer[: end + 1 - start]
-            waiter = self._waiters.pop(key, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(segment)
-            else:
-                self._segments[key] = segment
+            position = 0
+            waiter.set_result(segment)
         if len(self._buffer) > MAX_LOG_BYTES:
             overflow = len(self._buffer) - MAX_LOG_BYTES
             del self._buffer[:overflow]
             self._dropped += overflow
 
     def _take(self, upto: int) -> bytes:
-        segment = bytes(self._buffer[:upto])
+        # One pipe read may hold a whole segment and more, so cap here as well.
+        start = max(upto - MAX_LOG_BYTES, 0)
+        dropped = self._dropped + start
+        segment = bytes(self._buffer[start:upto])
         del self._buffer[:upto]
-        if self._dropped:
-            segment = b"[gureum: %d earlier log bytes dropped]\n" % self._dropped + segment
-            self._dropped = 0
+        self._dropped = 0
+        if dropped:
+            segment = b"[gureum: %d earlier log bytes dropped]\n" % dropped + segment
         return segment
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,12 +106,10 @@ class _LogCollector(asyncio.Protocol):
             self.closed.set_result(None)
 
     def segment(self, key: str) -> asyncio.Future[bytes]:
-        """A future for the log up to the shim's end marker for `key`."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        if key in self._segments:
-            future.set_result(self._segments.pop(key))
-        else:
-            self._waiters[key] = future
+        """A future for the log up to the shim's end marker for `key`; call before it can come."""
+        future = self._waiters.get(key)
+        if future is None or future.done():
+            future = self._waiters[key] = asyncio.get_running_loop().create_future()
         return future
 
     def rest(self) -> bytes:
@@ -126,6 +135,9 @@ class Instance:
         self._writer = writer
         self._logs = logs
         self._log_transport = log_transport
+        # Exit is watched apart from the socket: a process the function started may hold the
+        # socket open after the instance itself has died.
+        self._exited: asyncio.Future[int] = asyncio.ensure_future(process.wait())
         self._busy = False
         self.alive = True
         self.init_ms = 0.0
@@ -150,15 +162,20 @@ class Instance:
         finally:
             child_sock.close()
             os.close(log_write)
-        log_transport, logs = await loop.connect_read_pipe(
-            _LogCollector, os.fdopen(log_read, "rb", buffering=0)
-        )
-        reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+        try:
+            log_transport, logs = await loop.connect_read_pipe(
+                _LogCollector, os.fdopen(log_read, "rb", buffering=0)
+            )
+            reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+        except BaseException:
+            process.kill()
+            parent_sock.close()
+            raise
         instance = cls(spec, process, reader, writer, logs, log_transport)
         try:
-            header, payload = await asyncio.wait_for(instance._recv(), INIT_TIMEOUT_S)
+            header, payload = await instance._recv_or_exit(INIT_TIMEOUT_S)
         except TimeoutError:
-            await instance.close()
+            await instance._stop()
             error = {
                 "errorMessage": f"Init phase exceeded {INIT_TIMEOUT_S:.0f} seconds",
                 "errorType": "Runtime.InitTimeout",
@@ -168,17 +185,19 @@ class Instance:
             raise InitFailed(error, logs.rest(), INIT_TIMEOUT_S * 1000) from None
         except (EOFError, ConnectionError, protocol.ProtocolError):
             status = await instance._exit_status()
-            log = logs.rest()
-            await instance.close()
+            await instance._stop()
             error = {
                 "errorMessage": f"Runtime exited during init: {status}",
                 "errorType": "Runtime.ExitError",
                 "requestId": "",
                 "stackTrace": [],
             }
-            raise InitFailed(error, log, (time.perf_counter() - started) * 1000) from None
+            raise InitFailed(error, logs.rest(), (time.perf_counter() - started) * 1000) from None
+        except BaseException:
+            instance._kill()  # cancelled: never leave a half-started instance running
+            raise
         instance.init_ms = (time.perf_counter() - started) * 1000
-        instance.init_log = await instance._log_segment("init")
+        instance.init_log = await instance._log_segment(logs.init)
         if header.get("t") != "ready":
             await instance.close()
             try:
@@ -198,7 +217,11 @@ class Instance:
         client_context: dict[str, Any] | None = None,
         identity: dict[str, Any] | None = None,
     ) -> InvokeOutcome:
-        """Run one invocation. Never raises for function faults: they become the outcome."""
+        """Run one invocation. Never raises for function faults: they become the outcome.
+
+        Raises SandboxError when the instance is dead or busy. If the caller is cancelled
+        mid-invocation the instance is killed, since its reply could reach the next caller.
+        """
         if not self.alive:
             raise SandboxError("instance is no longer alive")
         if self._busy:
@@ -219,10 +242,12 @@ class Instance:
         try:
             self._writer.write(protocol.encode(header, event))
             try:
-                reply, payload = await asyncio.wait_for(self._recv(), timeout_s)
+                reply, payload = await self._recv_or_exit(timeout_s)
+                if reply.get("t") != "result" or reply.get("id") != request_id:
+                    raise protocol.ProtocolError(f"unexpected reply {reply!r}")
             except TimeoutError:
                 run_ms = (time.perf_counter() - started) * 1000
-                await self.close()
+                await self._stop()
                 message = f"Task timed out after {timeout_s:.2f} seconds"
                 return InvokeOutcome(
                     "timeout",
@@ -237,21 +262,26 @@ class Instance:
             except (EOFError, ConnectionError, protocol.ProtocolError):
                 run_ms = (time.perf_counter() - started) * 1000
                 status = await self._exit_status()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._logs.closed), LOG_DRAIN_S)
-                log = self._logs.rest()
-                await self.close()
-                message = f"RequestId: {request_id} Error: Runtime exited with error: {status}"
+                await self._stop()
+                reason = (
+                    "Runtime exited without providing a reason"
+                    if status == "exit status 0"
+                    else f"Runtime exited with error: {status}"
+                )
+                message = f"RequestId: {request_id} Error: {reason}"
                 return InvokeOutcome(
                     "crash",
                     _error("Runtime.ExitError", message, request_id),
                     "Runtime.ExitError",
-                    log + b"Runtime.ExitError\n",
+                    self._logs.rest() + b"Runtime.ExitError\n",
                     run_ms,
                     0,
                 )
+            except BaseException:
+                self._kill()
+                raise
             run_ms = (time.perf_counter() - started) * 1000
-            log = await self._log_segment(request_id, log_future)
+            log = await self._log_segment(log_future)
             ok = bool(reply.get("ok"))
             error_type = None
             if not ok:
@@ -275,14 +305,28 @@ class Instance:
 
     async def close(self) -> None:
         """Kill the instance and release its resources. Idempotent."""
+        self._kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), 5.0)
+        if not self._exited.done():
+            self._exited.cancel()
+
+    def _kill(self) -> None:
+        """Kill without waiting: what is safe to do from a cancelled task. Idempotent."""
         if not self.alive:
             return
         self.alive = False
         self.process.kill()
         self._writer.close()
         self._log_transport.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), 5.0)
+
+    async def _stop(self) -> None:
+        """Kill, keeping the log pipe open briefly for output still in flight, then close."""
+        if self.alive:
+            self.process.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._logs.closed), LOG_DRAIN_S)
+        await self.close()
 
     async def _recv(self) -> tuple[dict[str, Any], bytes]:
         try:
@@ -294,8 +338,28 @@ class Instance:
             raise EOFError from None
         return header, payload
 
-    async def _log_segment(self, key: str, future: asyncio.Future[bytes] | None = None) -> bytes:
-        future = future or self._logs.segment(key)
+    async def _recv_or_exit(self, timeout_s: float) -> tuple[dict[str, Any], bytes]:
+        """The next frame; EOFError if the instance exits first, TimeoutError after timeout_s."""
+        receiving = asyncio.ensure_future(self._recv())
+        try:
+            await asyncio.wait(
+                (receiving, self._exited), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not receiving.done() and self._exited.done():
+                # A reply written just before the exit may still be on its way.
+                await asyncio.wait((receiving,), timeout=LOG_DRAIN_S)
+                if not receiving.done():
+                    raise EOFError
+            if not receiving.done():
+                raise TimeoutError
+            return receiving.result()
+        finally:
+            if not receiving.done():
+                receiving.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EOFError):
+                    await receiving
+
+    async def _log_segment(self, future: asyncio.Future[bytes]) -> bytes:
         try:
             # The marker is written before the reply, so it is at most a pipe read behind.
             return await asyncio.wait_for(future, 1.0)
@@ -304,7 +368,7 @@ class Instance:
 
     async def _exit_status(self) -> str:
         try:
-            code = await asyncio.wait_for(self.process.wait(), 1.0)
+            code = await asyncio.wait_for(asyncio.shield(self._exited), 1.0)
         except TimeoutError:
             return "unknown"
         return f"signal: {-code}" if code < 0 else f"exit status {code}"
