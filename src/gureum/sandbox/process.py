@@ -55,6 +55,12 @@ class ProcessSandbox:
             IsolationCheck("file-system isolation", False, "process driver shares the host FS"),
             IsolationCheck("network isolation", False, "process driver shares the host network"),
             IsolationCheck("seccomp", False, "process driver loads no syscall filter"),
+            IsolationCheck(
+                "unprivileged user",
+                os.geteuid() != 0,
+                "instances run as the server's own user"
+                + (" (root: do not run untrusted code)" if os.geteuid() == 0 else ""),
+            ),
         ]
 
     async def spawn(self, spec: InstanceSpec, control_fd: int, log_fd: int) -> SandboxProcess:
