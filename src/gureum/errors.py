@@ -14,7 +14,8 @@
     │   ├── TooManyRequests           429 TooManyRequestsException (throttled)
     │   └── AuthError                 403 (signature, unknown key, expired token)
     └── ServiceError                the platform failed (5xx)
-        └── SandboxError              an instance could not be started or talked to
+        ├── SandboxError              an instance could not be started or talked to
+        └── EndpointUnreachable       (client side) no Gureum server answers at the endpoint
 
 Foreign exceptions are translated at the boundary that meets them; errors are turned into
 HTTP responses in exactly one place (`gureum.gateway.responses`).
@@ -107,3 +108,10 @@ class ServiceError(GureumError):
 
 class SandboxError(ServiceError):
     """An instance could not be started, or died outside of an invocation."""
+
+
+class EndpointUnreachable(ServiceError):
+    """Raised by the SDK client when nothing answers at the endpoint."""
+
+    code = "EndpointUnreachable"
+    status = 503

@@ -80,7 +80,13 @@ class Registry:
     async def create_function(
         self, config: FunctionConfig, code: bytes, *, publish: bool = False
     ) -> FunctionConfig:
-        """Store the code and create the function; ResourceConflict if the name is taken."""
+        """Store the code and create the function; ResourceConflict if the name is taken.
+
+        A taken name is refused before the code is unpacked, so a doomed request stores nothing
+        (a create racing another for the same name may still leave an unused package behind).
+        """
+        if await self._exists(config.account_id, config.name):
+            raise ResourceConflict(f"Function already exist: {config.name}")
         package = await asyncio.to_thread(self.packages.put, code)
         config = replace(
             config,
@@ -108,6 +114,13 @@ class Registry:
         if publish:
             return await self.publish_version(config.account_id, config.name)
         return config
+
+    async def _exists(self, account: str, name: str) -> bool:
+        try:
+            await self.get_latest(account, name)
+        except ResourceNotFound:
+            return False
+        return True
 
     def peek_latest(self, account: str, name: str) -> FunctionConfig | None:
         """$LATEST from the cache only (None if unknown or deleted); never touches the store."""
@@ -205,6 +218,9 @@ class Registry:
         publish: bool = False,
         revision_id: str | None = None,
     ) -> FunctionConfig:
+        """Replace $LATEST's code; ResourceNotFound (before the code is stored) if there is no
+        such function, PreconditionFailed if `revision_id` is not the current one."""
+        await self.get_latest(account, name)
         package = await asyncio.to_thread(self.packages.put, code)
         async with self._lock:
             current = await self.get_latest(account, name)

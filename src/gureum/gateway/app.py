@@ -43,17 +43,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the already-read body to the app once, then the real channel (for disconnects)."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 class GatewayApp:
@@ -103,7 +104,7 @@ class GatewayApp:
         app = self._management if path == "/v1" or path.startswith("/v1/") else self._lambda
         if app is self._management:
             scope["root_path"] = scope.get("root_path", "") + "/v1"
-        await app(scope, _replay(body), send)
+        await app(scope, _replay(body, receive), send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

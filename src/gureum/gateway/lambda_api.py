@@ -6,7 +6,11 @@ import base64
 import binascii
 import json
 from typing import Any
+from urllib.parse import quote
 
+from botocore.auth import SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
@@ -25,6 +29,7 @@ from gureum.platform import Platform
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024
 MAX_ASYNC_PAYLOAD = 1024 * 1024
 LOG_TAIL_BYTES = 4096
+CODE_URL_EXPIRES_S = 600  # GetFunction's Code.Location, valid for 10 minutes as on AWS
 V = "/2015-03-31/functions"
 
 
@@ -160,19 +165,32 @@ class LambdaAPI:
     async def get_function(self, request: Request) -> Response:
         account, name, qualifier = self._target(request)
         config = await self.registry.get_function(account, name, qualifier)
-        endpoint = self.platform.settings.endpoint
         body: dict[str, Any] = {
             "Configuration": config.to_aws(self.region),
-            "Code": {
-                "RepositoryType": "S3",
-                "Location": f"{endpoint}/v1/functions/{name}/code?version={config.version}",
-            },
+            "Code": {"RepositoryType": "S3", "Location": self._code_location(request, config)},
             "Tags": {},
         }
         reserved = await self.registry.reserved_concurrency(account, name)
         if reserved is not None:
             body["Concurrency"] = {"ReservedConcurrentExecutions": reserved}
         return json_response(body)
+
+    def _code_location(self, request: Request, config: FunctionConfig) -> str:
+        """A URL that downloads the version's zip with a plain GET: presigned (SigV4 query)
+        with the caller's own key, so it grants nothing the caller could not do already."""
+        caller = identity(request)
+        token = request.headers.get("x-amz-security-token")
+        secret, _, _ = self.platform.keyring(caller.access_key_id, token)
+        url = (
+            f"{self.platform.settings.endpoint}/v1/functions/{quote(config.name, safe='')}/code"
+            f"?version={quote(config.version, safe='')}"
+        )
+        presign = AWSRequest(method="GET", url=url)
+        credentials = Credentials(caller.access_key_id, secret, token)
+        SigV4QueryAuth(credentials, "lambda", self.region, expires=CODE_URL_EXPIRES_S).add_auth(
+            presign
+        )
+        return str(presign.url)
 
     async def get_configuration(self, request: Request) -> Response:
         account, name, qualifier = self._target(request)

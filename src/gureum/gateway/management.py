@@ -111,6 +111,7 @@ def build_management_api(platform: Platform) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     ) -> list[dict[str, Any]]:
         """Logs per invocation: newest `limit` first, or in order after the `after` cursor."""
+        await platform.registry.get_latest(identity.account_id, name)
         rows = await platform.recorder.query(
             identity.account_id,
             name,

@@ -11,6 +11,9 @@ from starlette.responses import Response
 from gureum.errors import ClientError, GureumError, ServiceError, TooManyRequests
 
 log = logging.getLogger(__name__)
+# AWS's Lambda model spells the message member `Message` for these errors and `message` for the
+# rest; botocore copies the modeled member into the error response, so the spelling matters.
+_CAPITALISED_MESSAGE = frozenset({"ResourceNotFoundException", "ServiceException"})
 
 
 def json_response(
@@ -29,9 +32,10 @@ def error_response(exc: BaseException) -> Response:
     if not isinstance(exc, GureumError):
         log.exception("unexpected error", exc_info=exc)
         exc = ServiceError("An internal error occurred. The server log has the details.")
+    message_key = "Message" if exc.code in _CAPITALISED_MESSAGE else "message"
     body: dict[str, object] = {
         "Type": "User" if isinstance(exc, ClientError) else "Service",
-        "message": exc.message,
+        message_key: exc.message,
         "code": exc.code,
     }
     headers = {"x-amzn-ErrorType": exc.code}

@@ -60,7 +60,10 @@ class Database:
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_upgrade)
-        except Exception:
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            await engine.dispose()
+            raise ConfigurationError(f"cannot open the metadata store: {exc}") from exc
+        except BaseException:
             await engine.dispose()
             raise
         return cls(engine)

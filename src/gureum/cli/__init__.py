@@ -1,0 +1,1 @@
+"""The `gureum` command: `main.py` defines it; the only place that reads argv/env into Settings."""
