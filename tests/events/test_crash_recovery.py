@@ -1,0 +1,130 @@
+"""SIGKILL the server under async load: every accepted event still runs, no rejected one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from tests.conftest import free_port, make_zip
+
+KEY, SECRET = "AKIACRASHTEST0001", "crash-test-secret-key-0001"
+MARK = """
+import os, time, uuid
+def handler(event, context):
+    time.sleep(0.02)
+    open(os.path.join(event["dir"], f"{event['id']}.{uuid.uuid4().hex}"), "w").close()
+"""
+
+
+def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "GUREUM_ROOT_ACCESS_KEY_ID": KEY,
+        "GUREUM_ROOT_SECRET_ACCESS_KEY": SECRET,
+        "GUREUM_ASYNC_RETRY_BASE_S": "0.1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gureum", "up", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, "gureum up exited during start-up"
+        assert time.monotonic() < deadline, "gureum up did not start"
+        time.sleep(0.1)
+
+
+def _client(port: int) -> Any:
+    return boto3.client(
+        "lambda",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+    )
+
+
+def test_sigkill_during_async_load_loses_nothing(tmp_path: Path) -> None:
+    data_dir, marks = tmp_path / "data", tmp_path / "marks"
+    marks.mkdir()
+    port = free_port()
+    server = _start(data_dir, port)
+    lam = _client(port)
+    lam.create_function(
+        FunctionName="mark",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": MARK})},
+    )
+    accepted: set[str] = set()
+    rejected: set[str] = set()
+    unknown: set[str] = set()
+    lock = threading.Lock()
+
+    def send(worker: int) -> None:
+        client = _client(port)
+        for i in range(60):
+            event_id = f"w{worker}-{i}"
+            payload: dict[str, Any] = {"dir": str(marks), "id": event_id}
+            if i % 10 == 9:  # over the 1 MB async limit: must be refused and never run
+                payload["pad"] = "x" * (1024 * 1024 + 1)
+            try:
+                response = client.invoke(
+                    FunctionName="mark", InvocationType="Event", Payload=json.dumps(payload)
+                )
+                outcome = accepted if response["StatusCode"] == 202 else unknown
+            except ClientError:
+                outcome = rejected
+            except (EndpointConnectionError, OSError, Exception):
+                outcome = unknown  # the connection died with the server: either way is fine
+            with lock:
+                outcome.add(event_id)
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(accepted) < 120 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    for thread in threads:
+        thread.join(60)
+    assert len(accepted) >= 120 and rejected
+
+    server = _start(data_dir, port)
+    try:
+
+        def ran() -> set[str]:
+            return {name.split(".", 1)[0] for name in os.listdir(marks)}
+
+        deadline = time.monotonic() + 90
+        while not accepted <= ran():
+            assert time.monotonic() < deadline, f"never ran: {sorted(accepted - ran())[:10]}"
+            time.sleep(0.2)
+        assert not ran() & rejected, "an event ran for a refused request"
+        assert ran() <= accepted | unknown
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
