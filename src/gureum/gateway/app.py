@@ -1,19 +1,21 @@
-"""`GatewayApp`: the single ASGI app. Routes by path prefix, authenticates, limits bodies.
+"""`GatewayApp`: the single ASGI app. Authenticates, limits bodies, and routes.
 
 /healthz                 unauthenticated liveness
 /v1/...                  management API (FastAPI)
-everything else          AWS Lambda REST API
+everything else          the AWS API named by the SigV4 credential scope's service
+                         (`lambda` today; S3, SQS … register in `_services`)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gureum.errors import GureumError, RequestTooLarge
-from gureum.gateway.auth import authenticate
+from gureum.errors import AuthError, ClientError, GureumError, RequestTooLarge
+from gureum.gateway.auth import authenticate, claimed_service
 from gureum.gateway.lambda_api import MAX_SYNC_PAYLOAD, LambdaAPI
 from gureum.gateway.management import build_management_api
 from gureum.gateway.responses import error_response, json_response
@@ -24,6 +26,18 @@ log = logging.getLogger(__name__)
 # A base64 zip of up to 50 MB (AWS's direct-upload limit) plus the JSON around it.
 MAX_BODY = 70 * 1024 * 1024
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Service:
+    """An AWS API served here: its ASGI app and the body size it accepts for a path."""
+
+    app: ASGIApp
+    body_limit: Callable[[str], int]
+
+
+def _lambda_body_limit(path: str) -> int:
+    return MAX_SYNC_PAYLOAD if path.endswith("/invocations") else MAX_BODY
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -63,14 +77,14 @@ class GatewayApp:
     def __init__(self, platform: Platform | None = None, settings: Settings | None = None) -> None:
         self.platform = platform
         self.settings = settings
-        self._lambda: ASGIApp | None = None
+        self._services: dict[str, Service] = {}
         self._management: ASGIApp | None = None
         if platform is not None:
             self._mount(platform)
 
     def _mount(self, platform: Platform) -> None:
         self.platform = platform
-        self._lambda = LambdaAPI(platform).router()
+        self._services = {"lambda": Service(LambdaAPI(platform).router(), _lambda_body_limit)}
         self._management = build_management_api(platform)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,20 +103,29 @@ class GatewayApp:
             await error_response(exc)(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        assert self.platform is not None and self._lambda and self._management
-        limit = MAX_SYNC_PAYLOAD if path.endswith("/invocations") else MAX_BODY
+        assert self.platform is not None and self._management is not None
+        management = path == "/v1" or path.startswith("/v1/")
+        service_name = "lambda" if management else claimed_service(scope) or "lambda"
+        service = self._services.get(service_name)
+        if service is None:
+            raise ClientError(f"this endpoint does not serve the AWS service {service_name!r}")
+        limit = MAX_BODY if management else service.body_limit(path)
         try:
             body = await _read_body(receive, limit)
         except RequestTooLarge:
+            operation = " for the InvokeFunction operation" if limit == MAX_SYNC_PAYLOAD else ""
             raise RequestTooLarge(
-                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-                if limit == MAX_SYNC_PAYLOAD
-                else f"Request must be smaller than {limit} bytes"
+                f"Request must be smaller than {limit} bytes{operation}"
             ) from None
         identity = authenticate(scope, body, self.platform.keyring)
+        if identity.region != self.platform.settings.region:
+            raise AuthError(
+                f"Credential should be scoped to a valid region, not '{identity.region}'; "
+                f"this endpoint's region is '{self.platform.settings.region}'."
+            )
         scope = {**scope, "gureum.identity": identity}
-        app = self._management if path == "/v1" or path.startswith("/v1/") else self._lambda
-        if app is self._management:
+        app = self._management if management else service.app
+        if management:
             scope["root_path"] = scope.get("root_path", "") + "/v1"
         await app(scope, _replay(body, receive), send)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from urllib.parse import parse_qs
+
 from starlette.types import Scope
 
 from gureum.iam.sigv4 import Identity, SecretLookup, SignedRequest, verify
@@ -21,6 +24,23 @@ def signed_request(scope: Scope, body: bytes) -> SignedRequest:
         headers=headers,
         body=body,
     )
+
+
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
+_QUERY_SCOPE = re.compile(
+    r"(?:^|&)X-Amz-Credential=[^&/]+(?:/|%2F)\d{8}(?:/|%2F)[^&/%]+(?:/|%2F)([^&/%]+)"
+)
+
+
+def claimed_service(scope: Scope) -> str | None:
+    """The service named in the request's SigV4 credential scope (not yet verified)."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"authorization":
+            match = _SCOPE.search(value.decode("latin-1"))
+            return match.group(1) if match else None
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    parts = query.get("X-Amz-Credential", [""])[0].split("/")
+    return parts[3] if len(parts) == 5 else None
 
 
 def authenticate(scope: Scope, body: bytes, lookup: SecretLookup) -> Identity:
