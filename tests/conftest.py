@@ -88,7 +88,7 @@ def start_server(settings: Settings) -> RunningServer:
     return RunningServer(settings, app, server, thread)
 
 
-def test_settings(data_dir: Path, **changes: Any) -> Settings:
+def make_settings(data_dir: Path, **changes: Any) -> Settings:
     base = Settings(
         data_dir=data_dir,
         port=free_port(),
@@ -96,6 +96,9 @@ def test_settings(data_dir: Path, **changes: Any) -> Settings:
         async_retry_base_s=0.05,
         async_poll_s=0.05,
         database_url=os.environ.get("GUREUM_TEST_DATABASE_URL", ""),
+        # API-level suites observe functions through the host file system; the sandbox
+        # suites (tests/sandbox) run the linux driver explicitly
+        sandbox=os.environ.get("GUREUM_TEST_SANDBOX", "process"),
     )
     return replace(base, **changes)
 
@@ -107,7 +110,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def factory(**changes: Any) -> RunningServer:
         data_dir = changes.pop("data_dir", tmp_path / "data")
-        running = start_server(test_settings(data_dir, **changes))
+        running = start_server(make_settings(data_dir, **changes))
         started.append(running)
         return running
 

@@ -52,8 +52,10 @@ class Settings:
     region: str = "us-east-1"
     # metadata store; empty means SQLite in the data dir (the embedded shape)
     database_url: str = ""
-    # sandbox driver name: "process" (rlimits only) — see gureum.sandbox
-    sandbox: str = "process"
+    # sandbox driver: "linux" (namespaces, cgroups, seccomp), "process" (rlimits only), or
+    # "auto" = linux where the host allows it, else process with a loud warning
+    sandbox: str = "auto"
+    warm_sandboxes: int = 2  # pre-spawned linux sandboxes kept ready for cold starts
     # node capacity and pool behaviour
     max_instances: int = 64  # all functions together on this node
     default_concurrency: int = 32  # per function when no reserved concurrency is set
@@ -64,6 +66,10 @@ class Settings:
     async_workers: int = 8
     async_retry_base_s: float = 1.0  # first retry delay; doubles per attempt, with jitter
     async_poll_s: float = 0.5
+    # queues, event source mappings, schedules, topics
+    queue_poll_s: float = 1.0  # long polls and queue pollers re-check the store this often
+    schedule_check_s: float = 1.0  # the scheduler looks for due ticks this often
+    idempotency_window_s: float = 24 * 3600.0  # async Idempotency-Key dedupe window
     # root credentials offered on first start (like MinIO's root user)
     root_access_key_id: str | None = None
     root_secret_access_key: str | None = None
@@ -87,9 +93,11 @@ class Settings:
         """Build settings from `GUREUM_*` variables; raise ConfigurationError on bad values."""
         env = os.environ if env is None else env
         data_dir = Path(env.get("GUREUM_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-        sandbox = env.get("GUREUM_SANDBOX", "process")
-        if sandbox not in ("process",):
-            raise ConfigurationError(f"GUREUM_SANDBOX must be 'process', got {sandbox!r}")
+        sandbox = env.get("GUREUM_SANDBOX", "auto")
+        if sandbox not in ("auto", "linux", "process"):
+            raise ConfigurationError(
+                f"GUREUM_SANDBOX must be 'auto', 'linux' or 'process', got {sandbox!r}"
+            )
         return cls(
             data_dir=data_dir,
             host=env.get("GUREUM_HOST", "127.0.0.1"),
@@ -97,6 +105,7 @@ class Settings:
             region=env.get("GUREUM_REGION", "us-east-1"),
             database_url=env.get("GUREUM_DATABASE_URL", ""),
             sandbox=sandbox,
+            warm_sandboxes=_int(env, "GUREUM_WARM_SANDBOXES", 2, 0, 64),
             max_instances=_int(env, "GUREUM_MAX_INSTANCES", 64, 1, 100_000),
             default_concurrency=_int(env, "GUREUM_DEFAULT_CONCURRENCY", 32, 1, 100_000),
             queue_depth=_int(env, "GUREUM_QUEUE_DEPTH", 64, 0, 1_000_000),
@@ -105,6 +114,9 @@ class Settings:
             async_workers=_int(env, "GUREUM_ASYNC_WORKERS", 8, 1, 1024),
             async_retry_base_s=_float(env, "GUREUM_ASYNC_RETRY_BASE_S", 1.0),
             async_poll_s=_float(env, "GUREUM_ASYNC_POLL_S", 0.5),
+            queue_poll_s=_float(env, "GUREUM_QUEUE_POLL_S", 1.0),
+            schedule_check_s=_float(env, "GUREUM_SCHEDULE_CHECK_S", 1.0),
+            idempotency_window_s=_float(env, "GUREUM_IDEMPOTENCY_WINDOW_S", 24 * 3600.0),
             root_access_key_id=env.get("GUREUM_ROOT_ACCESS_KEY_ID") or None,
             root_secret_access_key=env.get("GUREUM_ROOT_SECRET_ACCESS_KEY") or None,
             log_level=env.get("GUREUM_LOG_LEVEL", "info"),

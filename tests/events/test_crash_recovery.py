@@ -34,6 +34,7 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         "GUREUM_ROOT_ACCESS_KEY_ID": KEY,
         "GUREUM_ROOT_SECRET_ACCESS_KEY": SECRET,
         "GUREUM_ASYNC_RETRY_BASE_S": "0.1",
+        "GUREUM_SANDBOX": "process",  # the function leaves marks on the host file system
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gureum", "up", "--port", str(port), "--data-dir", str(data_dir)],

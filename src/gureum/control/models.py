@@ -11,6 +11,7 @@ from typing import Any
 from gureum.errors import InvalidParameterValue
 
 LATEST = "$LATEST"
+NETWORK_MODES = ("none", "platform")
 RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "python3.14")
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ALIAS_RE = re.compile(r"^(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}$")
@@ -131,6 +132,7 @@ class FunctionConfig:
     role: str = ""
     ephemeral_mb: int = 512
     min_instances: int = 0
+    network: str = "platform"  # "none" | "platform" (Gureum's own APIs only)
     version: str = LATEST
     revision_id: str = field(default_factory=new_revision_id)
     last_modified: float = field(default_factory=time.time)
@@ -154,6 +156,8 @@ class FunctionConfig:
         _int_in(self.timeout_s, "timeout", 1, 900)
         _int_in(self.ephemeral_mb, "ephemeralStorage.size", 512, 10240)
         _int_in(self.min_instances, "minInstances", 0, 1000)
+        if self.network not in NETWORK_MODES:
+            raise _constraint(self.network, "network", f"Member must be one of {NETWORK_MODES}")
         validate_environment(self.environment)
         if not isinstance(self.description, str) or len(self.description) > 256:
             raise _constraint(

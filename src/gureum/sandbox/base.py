@@ -24,6 +24,7 @@ class InstanceSpec:
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
     ephemeral_mb: int = 512
+    network: str = "platform"  # "none" | "platform" (Gureum's APIs only)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class SandboxProcess(Protocol):
 
     async def wait(self) -> int:
         """Wait for the instance's main process to exit and return its exit status."""
+
+    def fault(self) -> str | None:
+        """After exit: an error type naming why the sandbox ended the instance, if it knows
+        (e.g. "Runtime.OutOfMemory" when the memory limit was hit), else None."""
 
 
 class Sandbox(Protocol):

@@ -36,6 +36,9 @@ class _Process:
     async def wait(self) -> int:
         return await self._proc.wait()
 
+    def fault(self) -> str | None:
+        return None  # rlimits surface as MemoryError inside the function instead
+
 
 class ProcessSandbox:
     """Instances as plain child processes: own session, rlimits, isolated interpreter flags."""

@@ -1,0 +1,482 @@
+"""The zygote: a small, single-threaded process that forks sandboxed function instances.
+
+Started by the `linux` sandbox driver as `python -I -S zygote.py --control-fd N
+--seccomp-module PATH`. It imports the runtime shim and everything a child needs up front, so
+a new instance costs a `fork` plus the sandbox set-up, not an interpreter start.
+
+Requests arrive as frames (see protocol.py) on the control socket, each carrying the
+instance's control socket and log pipe as SCM_RIGHTS file descriptors:
+
+    agent → zygote  {"t": "spawn", "id": N, "plan": {...}}   + fds [control, log]
+    zygote → agent  {"t": "spawned", "id": N, "pid": P}     or {"t": "error", "id", "message"}
+    agent → zygote  {"t": "warm", "id": N, "plan": {static parts, cgroup_procs}}
+    zygote → agent  {"t": "warmed", "id": N, "pid": P}      a pre-spawned sandbox is ready
+    agent → zygote  {"t": "spawn", "id": N, "slot": P, "plan": {...}} + fds  uses warm P
+    zygote → agent  {"t": "exit", "pid": P, "status": S}    when instance P is reaped
+
+A warm (pre-spawned) sandbox has already joined its cgroup, entered its namespaces and built
+the function-independent part of its root, so a cold start pays only the function's part:
+cgroup migration on cgroup v1 alone costs ~12 ms of kernel RCU synchronisation.
+
+Per instance, the zygote forks A; A joins the instance's cgroups, unshares the mount, PID,
+network, IPC, UTS and cgroup namespaces and forks B, the instance, which is PID 1 of its own
+PID namespace (killing it kills everything it started). A reports B's pid and exits; the
+zygote, a child subreaper, adopts and reaps B. B builds a minimal root, `pivot_root`s into it,
+sets rlimits, switches to its own unprivileged uid, sets no_new_privs, drops capabilities,
+loads the seccomp filter last, and runs the shim, which imports the handler.
+Standard library only, plus the seccomp binding loaded by path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import importlib.util
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load(name: str, path: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _load("_gureum_protocol", os.path.join(_HERE, "protocol.py"))
+bootstrap = _load("_gureum_bootstrap", os.path.join(_HERE, "bootstrap.py"))
+policy = _load("_gureum_seccomp_policy", os.path.join(_HERE, "seccomp_policy.py"))
+
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), 155)
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+CAP_LAST = 40
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target}",
+    )
+
+
+def _prctl(option: int, arg: int) -> None:
+    _check(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+# ---- in A: cgroups and namespaces --------------------------------------------------------
+
+
+def _enter_cgroups(procs_files: list[str]) -> None:
+    pid = str(os.getpid())
+    for path in procs_files:
+        with open(path, "w") as handle:
+            handle.write(pid)
+
+
+def _unshare() -> None:
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+    flags |= CLONE_NEWCGROUP
+    _check(libc.unshare(flags), "unshare")
+
+
+# ---- in B: the minimal root ----------------------------------------------------------------
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _bind(source: str, target: str, writable: bool = False) -> None:
+    if os.path.isdir(source):
+        _mkdirs(target)
+    else:
+        _mkdirs(os.path.dirname(target))
+        if not os.path.exists(target):
+            open(target, "w").close()
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if writable else MS_RDONLY)
+    if not source.startswith("/dev/"):
+        flags |= MS_NODEV
+    _mount(None, target, None, flags)
+
+
+def _prepare_root(plan: dict[str, Any]) -> None:
+    """Stage 1, function-independent: a tmpfs root with the runtime bound in, /dev, /proc."""
+    root = plan["root"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("gureum-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
+    for source, target in plan["binds"]:
+        _bind(source, root + target)
+    for target in plan["hide"]:
+        if os.path.isdir(root + target):
+            _mount(
+                "gureum-hidden",
+                root + target,
+                "tmpfs",
+                MS_RDONLY | MS_NOSUID | MS_NODEV,
+                "size=4k,mode=0555",
+            )
+    for target, link in plan["symlinks"]:
+        _mkdirs(os.path.dirname(root + link))
+        os.symlink(target, root + link)
+    for device in ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"):
+        _bind(device, root + device, writable=True)
+    os.symlink("/proc/self/fd", root + "/dev/fd")
+    _mkdirs(root + "/proc")
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _finish_root(plan: dict[str, Any]) -> None:
+    """Stage 2, per function: its code, /tmp, /etc, the platform socket; then pivot_root."""
+    root = plan["root"]
+    for source, target in plan["function_binds"]:
+        _bind(source, root + target)
+    tmp = root + "/tmp"
+    _mkdirs(tmp)
+    _mount("gureum-tmp", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_mb']}m,mode=1777")
+    _mkdirs(root + "/etc")
+    for name, content in plan["etc"].items():
+        with open(f"{root}/etc/{name}", "w") as handle:
+            handle.write(content)
+    # pivot_root(".", "."): the old root ends up stacked under the new one; detach it
+    os.chdir(root)
+    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "detach old root")
+    os.chdir("/")
+    _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _load_bpf(program: bytes) -> None:
+    """Install a compiled seccomp program (needs no_new_privs). Irreversible."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    for cap in range(CAP_LAST + 1):
+        failed = libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
+        if failed and ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
+            break
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # a non-zero uid clears the permitted and effective sets
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _platform_forwarder(port: int, socket_path: str) -> socket.socket:
+    """Listen on 127.0.0.1:port inside the sandbox; each connection is relayed to the agent's
+    Unix socket (bind-mounted in), so functions reach Gureum's APIs and nothing else."""
+    import threading
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+
+    def pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock, how in ((target, socket.SHUT_WR), (source, socket.SHUT_RD)):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(how)
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(socket_path)
+            except OSError:
+                client.close()
+                upstream.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, name="gureum-forwarder", daemon=True).start()
+    return listener
+
+
+def _instance(
+    plan: dict[str, Any], control_fd: int, log_fd: int, filters: dict[bool, bytes]
+) -> None:
+    """Stage 2 in B, PID 1 of the new namespaces: finish the sandbox, run the shim. Never
+    returns."""
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(control_fd, 3)
+        os.closerange(4, 65536)
+        os.set_inheritable(3, True)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        libc.sethostname(b"sandbox", 7)
+        _finish_root(plan)
+        if plan["network"] != "none":
+            _loopback_up()
+        os.environ.clear()
+        os.environ.update(plan["env"])
+        os.chdir("/var/task")
+        for name, value in plan["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        _drop_privileges(plan["uid"], plan["uid"])
+        if plan["network"] == "platform":
+            _platform_forwarder(plan["api_port"], "/run/gureum/api.sock")
+        _load_bpf(filters[plan["network"] == "none"])
+    except BaseException as exc:  # tell the agent why, as an init error, then die
+        error = {
+            "errorMessage": f"sandbox set-up failed: {exc}",
+            "errorType": "Sandbox.SetupError",
+            "requestId": "",
+            "stackTrace": traceback.format_exception(exc),
+        }
+        try:
+            os.write(2, f"[ERROR] Sandbox.SetupError: {exc}\n".encode())
+            socket.socket(fileno=3).sendall(
+                protocol.encode({"t": "init_error"}, json.dumps(error).encode())
+            )
+        finally:
+            os._exit(125)
+    try:
+        bootstrap.main(["--control-fd", "3", *(a for p in plan["paths"] for a in ("--path", p))])
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def _cold_instance(plan: dict[str, Any], fds: list[int], filters: dict[bool, bytes]) -> None:
+    """B without a pre-spawned sandbox: both stages now."""
+    try:
+        _prepare_root(plan)
+    except BaseException as exc:
+        os.write(fds[1], f"[ERROR] Sandbox.SetupError: {exc}\n".encode())
+        os._exit(124)
+    _instance(plan, fds[0], fds[1], filters)
+
+
+def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: dict[bool, bytes]) -> None:
+    """B of a pre-spawned sandbox: build stage 1, then wait for the function's plan."""
+    try:
+        _prepare_root(plan)
+        request = _recv_request(slot)
+    except BaseException:
+        os._exit(124)
+    if request is None:
+        os._exit(0)  # never used: the zygote went away
+    header, fds = request
+    slot.close()
+    _instance({**plan, **header["plan"]}, fds[0], fds[1], filters)
+
+
+# ---- the zygote loop ------------------------------------------------------------------------
+
+
+def _fork_sandbox(cgroup_procs: list[str], keep: list[int], body: Any) -> int:
+    """Fork A, which joins the cgroup, unshares the namespaces and forks B to run `body()`;
+    return B's pid (in the zygote's namespace)."""
+    report_read, report_write = os.pipe()
+    a_pid = os.fork()
+    if a_pid == 0:
+        try:
+            for fd in (*keep, report_read):
+                os.close(fd)
+            _enter_cgroups(cgroup_procs)
+            _unshare()
+            b_pid = os.fork()
+            if b_pid == 0:
+                os.close(report_write)
+                body()
+                os._exit(0)
+            os.write(report_write, str(b_pid).encode())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(report_write, f"error:{exc}".encode())
+            os._exit(1)
+    os.close(report_write)
+    try:
+        reply = b""
+        while chunk := os.read(report_read, 256):
+            reply += chunk
+    finally:
+        os.close(report_read)
+        os.waitpid(a_pid, 0)
+    text = reply.decode(errors="replace")
+    if not text.isdigit():
+        raise OSError(text.removeprefix("error:") or "instance set-up failed")
+    return int(text)
+
+
+def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    fds = array.array("i")
+    head, ancdata, _, _ = sock.recvmsg(protocol.HEADER.size, socket.CMSG_SPACE(8 * 4))
+    if not head:
+        return None
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    while len(head) < protocol.HEADER.size:
+        more = sock.recv(protocol.HEADER.size - len(head))
+        if not more:
+            return None
+        head += more
+    header_len, payload_len = protocol.decode_lengths(head)
+    body = b""
+    while len(body) < header_len + payload_len:
+        more = sock.recv(header_len + payload_len - len(body))
+        if not more:
+            return None
+        body += more
+    return protocol.decode_header(body[:header_len]), list(fds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--seccomp-module", required=True)
+    args = parser.parse_args(argv)
+    seccomp = _load("seccomp", args.seccomp_module)
+    filters = {deny: policy.compile_bpf(seccomp, deny_inet=deny) for deny in (False, True)}
+    sock = socket.socket(fileno=args.control_fd)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the agent died: so do we
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    slots: dict[int, socket.socket] = {}  # warm B pid → our end of its socketpair
+
+    def keep() -> list[int]:
+        return [args.control_fd, wake_read, wake_write, *(s.fileno() for s in slots.values())]
+
+    while True:
+        try:
+            ready, _, _ = select.select([args.control_fd, wake_read], [], [])
+        except InterruptedError:
+            continue
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+            _reap(sock, slots)
+        if args.control_fd not in ready:
+            continue
+        request = _recv_request(sock)
+        if request is None:
+            return
+        header, fds = request
+        kind = header.get("t")
+        try:
+            plan = header["plan"]
+            if kind == "warm":
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                pid = _fork_sandbox(
+                    plan["cgroup_procs"],
+                    [*keep(), ours.fileno()],
+                    functools.partial(_warm_instance, plan, theirs, filters),
+                )
+                theirs.close()
+                slots[pid] = ours
+                reply = {"t": "warmed", "id": header.get("id"), "pid": pid}
+            elif kind == "spawn" and len(fds) == 2:
+                slot = slots.pop(int(header.get("slot") or 0), None)
+                if slot is not None:
+                    with slot:
+                        slot.sendmsg(
+                            [protocol.encode({"t": "plan", "plan": plan})],
+                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
+                        )
+                    pid = int(header["slot"])
+                else:
+                    pid = _fork_sandbox(
+                        plan["cgroup_procs"],
+                        keep(),
+                        functools.partial(_cold_instance, plan, fds, filters),
+                    )
+                reply = {"t": "spawned", "id": header.get("id"), "pid": pid}
+            else:
+                raise ValueError(f"bad request {kind!r}")
+        except Exception as exc:
+            reply = {"t": "error", "id": header.get("id"), "message": str(exc)}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.sendall(protocol.encode(reply))
+        _reap(sock, slots)
+
+
+def _reap(sock: socket.socket, slots: dict[int, socket.socket]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        slot = slots.pop(pid, None)
+        if slot is not None:
+            slot.close()
+        sock.sendall(protocol.encode({"t": "exit", "pid": pid, "status": code}))
+
+
+if __name__ == "__main__":
+    main()
