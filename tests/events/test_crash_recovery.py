@@ -129,3 +129,92 @@ def test_sigkill_during_async_load_loses_nothing(tmp_path: Path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
+
+
+SQS_MARK = """
+import json, os, uuid
+def handler(event, context):
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        open(os.path.join(body["dir"], f"{body['id']}.{uuid.uuid4().hex}"), "w").close()
+"""
+
+
+def _sqs(port: int) -> Any:
+    return boto3.client(
+        "sqs",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+    )
+
+
+def test_sigkill_during_queue_load_loses_no_message(tmp_path: Path) -> None:
+    data_dir, marks = tmp_path / "data", tmp_path / "marks"
+    marks.mkdir()
+    port = free_port()
+    server = _start(data_dir, port)
+    lam, sqs = _client(port), _sqs(port)
+    lam.create_function(
+        FunctionName="sqsmark",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": SQS_MARK})},
+    )
+    url = sqs.create_queue(QueueName="load", Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="sqsmark", BatchSize=10)
+    accepted: set[str] = set()
+    rejected: set[str] = set()
+    unknown: set[str] = set()
+    lock = threading.Lock()
+
+    def send(worker: int) -> None:
+        client = _sqs(port)
+        for i in range(80):
+            message_id = f"q{worker}-{i}"
+            body: dict[str, Any] = {"dir": str(marks), "id": message_id}
+            if i % 10 == 9:  # over 256 KiB: must be refused and never delivered
+                body["pad"] = "x" * 262_144
+            try:
+                client.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+                outcome = accepted
+            except ClientError:
+                outcome = rejected
+            except Exception:
+                outcome = unknown  # the connection died with the server
+            with lock:
+                outcome.add(message_id)
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(accepted) < 150 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    for thread in threads:
+        thread.join(60)
+    assert len(accepted) >= 150 and rejected
+
+    server = _start(data_dir, port)
+    try:
+
+        def ran() -> set[str]:
+            return {name.split(".", 1)[0] for name in os.listdir(marks)}
+
+        deadline = time.monotonic() + 90
+        while not accepted <= ran():
+            assert time.monotonic() < deadline, f"never ran: {sorted(accepted - ran())[:10]}"
+            time.sleep(0.2)
+        assert not ran() & rejected, "a refused message was delivered"
+        assert ran() <= accepted | unknown
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0

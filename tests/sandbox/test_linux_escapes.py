@@ -107,6 +107,12 @@ def handler(event, context):
             with socket.create_connection(("127.0.0.1", 5432), timeout=2):
                 return "connected"
         return attempt(connect)
+    if action == "fetch":
+        import urllib.request
+        return attempt(lambda: urllib.request.urlopen(event["url"], timeout=5).read().decode())
+    if action == "direct":
+        target = (event["host"], event["port"])
+        return attempt(lambda: socket.create_connection(target, timeout=2).close())
     if action == "socket":
         return attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
     if action == "boto3":
@@ -146,6 +152,8 @@ def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         ("small", 128, "platform"),
         ("other", 128, "platform"),
         ("roomy", 1024, "platform"),
+        ("web", 256, "internet"),
+        ("public", 256, "internet"),
     ):
         lam.create_function(
             FunctionName=name,
@@ -157,19 +165,25 @@ def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
             Timeout=10,
         )
         if network != "platform":
-            _set_network(running, name, network)
+            allow = ["127.0.0.2"] if name == "web" else []
+            _set_network(running, name, network, allow)
     yield running
     running.stop()
 
 
-def _set_network(server: RunningServer, name: str, network: str) -> None:
+def _set_network(
+    server: RunningServer, name: str, network: str, allow: list[str] | None = None
+) -> None:
     import asyncio
 
     registry = server.platform.registry
     loop = server.platform.recorder._task.get_loop()
     account = server.platform.root.account_id
     asyncio.run_coroutine_threadsafe(
-        registry.update_configuration(account, name, {"network": network}), loop
+        registry.update_configuration(
+            account, name, {"network": network, "egress_allow": allow or []}
+        ),
+        loop,
     ).result(10)
 
 
@@ -304,4 +318,55 @@ def test_reaped_instances_leave_nothing_behind(linux_server: RunningServer) -> N
     while _processes_of(spawned["uid"]):
         assert time.monotonic() < deadline, "processes survived their instance"
         time.sleep(0.05)
+    _healthy(linux_server)
+
+
+@pytest.fixture
+def web_server() -> Iterator[int]:
+    """A plain HTTP server on the host at 127.0.0.2 (loopback: private, so listed hosts only)."""
+    import http.server
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"hello from the host"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_internet_egress_follows_the_allow_list(
+    linux_server: RunningServer, web_server: int
+) -> None:
+    allowed, _ = _invoke(
+        linux_server, "web", {"action": "fetch", "url": f"http://127.0.0.2:{web_server}/"}
+    )
+    assert allowed == {"ok": True, "value": "hello from the host"}
+    unlisted, _ = _invoke(
+        linux_server, "web", {"action": "fetch", "url": f"http://127.0.0.3:{web_server}/"}
+    )
+    assert unlisted["ok"] is False and unlisted["error"] == "HTTPError"  # the proxy's 403
+    # with no list, only public addresses: the host's loopback is refused
+    private, _ = _invoke(
+        linux_server, "public", {"action": "fetch", "url": f"http://127.0.0.2:{web_server}/"}
+    )
+    assert private["ok"] is False and private["error"] == "HTTPError"
+    # there is no route out but the proxy: the same host and port, dialled directly, fails
+    direct, _ = _invoke(
+        linux_server, "web", {"action": "direct", "host": "127.0.0.2", "port": web_server}
+    )
+    assert direct["ok"] is False
+    names, error = _invoke(linux_server, "web", {"action": "boto3"})  # platform APIs still work
+    assert error is None and "web" in names
     _healthy(linux_server)

@@ -11,7 +11,8 @@ from typing import Any
 from gureum.errors import InvalidParameterValue
 
 LATEST = "$LATEST"
-NETWORK_MODES = ("none", "platform")
+NETWORK_MODES = ("none", "platform", "internet")
+HOST_PATTERN_RE = re.compile(r"^(\*\.)?[A-Za-z0-9._-]{1,253}(:[0-9]{1,5})?$|^\[?[0-9a-fA-F:]+\]?$")
 RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13", "python3.14")
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ALIAS_RE = re.compile(r"^(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}$")
@@ -94,7 +95,8 @@ def validate_environment(env: object) -> dict[str, str]:
             "variables you have provided contains reserved keys that are currently not supported "
             f"for modification. Reserved keys used in this request: {', '.join(reserved)}"
         )
-    if len(json.dumps(env, separators=(",", ":")).encode()) > ENV_LIMIT_BYTES:
+    # Measured in UTF-8 bytes: escaping non-ASCII as \uXXXX would count a Hangul letter as 6.
+    if len(json.dumps(env, separators=(",", ":"), ensure_ascii=False).encode()) > ENV_LIMIT_BYTES:
         raise InvalidParameterValue(
             "Lambda was unable to configure your environment variables because the environment "
             "variables you have provided exceeded the 4KB limit."
@@ -132,7 +134,8 @@ class FunctionConfig:
     role: str = ""
     ephemeral_mb: int = 512
     min_instances: int = 0
-    network: str = "platform"  # "none" | "platform" (Gureum's own APIs only)
+    network: str = "platform"  # "none" | "platform" (Gureum's APIs) | "internet" (+ egress)
+    egress_allow: list[str] = field(default_factory=list)  # internet: allowed hosts
     version: str = LATEST
     revision_id: str = field(default_factory=new_revision_id)
     last_modified: float = field(default_factory=time.time)
@@ -158,6 +161,16 @@ class FunctionConfig:
         _int_in(self.min_instances, "minInstances", 0, 1000)
         if self.network not in NETWORK_MODES:
             raise _constraint(self.network, "network", f"Member must be one of {NETWORK_MODES}")
+        if not isinstance(self.egress_allow, list) or len(self.egress_allow) > 100:
+            raise InvalidParameterValue("egress_allow must be a list of at most 100 hosts")
+        for host in self.egress_allow:
+            if not isinstance(host, str) or not HOST_PATTERN_RE.match(host):
+                raise _constraint(
+                    host,
+                    "egressAllow",
+                    "Member must be a host name, "
+                    "*.suffix pattern or IP address, optionally with :port",
+                )
         validate_environment(self.environment)
         if not isinstance(self.description, str) or len(self.description) > 256:
             raise _constraint(

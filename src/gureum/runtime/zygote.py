@@ -217,9 +217,9 @@ def _drop_privileges(uid: int, gid: int) -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _platform_forwarder(port: int, socket_path: str) -> socket.socket:
-    """Listen on 127.0.0.1:port inside the sandbox; each connection is relayed to the agent's
-    Unix socket (bind-mounted in), so functions reach Gureum's APIs and nothing else."""
+def _forwarder(port: int, socket_path: str) -> socket.socket:
+    """Listen on 127.0.0.1:port inside the sandbox; each connection is relayed to one of the
+    agent's Unix sockets (bind-mounted in): Gureum's APIs, or the egress proxy."""
     import threading
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -280,8 +280,8 @@ def _instance(
         for name, value in plan["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (value, value))
         _drop_privileges(plan["uid"], plan["uid"])
-        if plan["network"] == "platform":
-            _platform_forwarder(plan["api_port"], "/run/gureum/api.sock")
+        for port, path in plan["forwarders"]:
+            _forwarder(port, path)
         _load_bpf(filters[plan["network"] == "none"])
     except BaseException as exc:  # tell the agent why, as an init error, then die
         error = {

@@ -24,7 +24,8 @@ class InstanceSpec:
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
     ephemeral_mb: int = 512
-    network: str = "platform"  # "none" | "platform" (Gureum's APIs only)
+    network: str = "platform"  # "none" | "platform" (Gureum's APIs) | "internet" (+ egress)
+    egress_allow: tuple[str, ...] = ()  # internet: allowed hosts (empty: public hosts only)
 
 
 @dataclass(frozen=True)

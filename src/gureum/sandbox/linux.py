@@ -30,6 +30,7 @@ from gureum.runtime import protocol
 from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
 from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup
+from gureum.sandbox.egress import AllowList, EgressProxy
 from gureum.sandbox.libraries import OFFERED
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ UID_BASE = 100_000  # each live instance runs as its own uid from this range
 UID_RANGE = 60_000
 PIDS_MAX = 512
 MB = 1024 * 1024
-NETWORK_MODES = ("none", "platform")
+NETWORK_MODES = ("none", "platform", "internet")
+PROXY_PORT = 3128  # inside internet-mode sandboxes: HTTP(S)_PROXY
 
 
 def host_supports_linux_sandbox() -> tuple[bool, str]:
@@ -114,6 +116,7 @@ class LinuxSandbox:
         self._warm: list[tuple[int, InstanceCgroup]] = []  # pre-spawned (pid, cgroup)
         self._warming = 0
         self._closing = False
+        self._proxies: dict[str, EgressProxy] = {}  # by allow-list key
         self.warm_target = warm_target
         self._background: set[asyncio.Task[Any]] = set()
         self._static = self._static_plan()
@@ -278,7 +281,9 @@ class LinuxSandbox:
             IsolationCheck("memory limit (cgroup)", True, f"{version}; OOM reported"),
             IsolationCheck("pids and CPU limits", True, f"{version}; 1,769 MB = 1 vCPU"),
             IsolationCheck("file-system isolation", True, "only the runtime is visible, read-only"),
-            IsolationCheck("network isolation", True, "empty namespace; platform relay only"),
+            IsolationCheck(
+                "network isolation", True, "empty namespace; platform relay; allow-listed egress"
+            ),
             IsolationCheck("seccomp", True, f"{len(DENIED_SYSCALLS)} escape syscalls refused"),
             IsolationCheck("unprivileged user", True, "own uid per instance, no capabilities"),
             IsolationCheck("platform code hidden", True, "site-packages hidden; boto3 offered"),
@@ -308,8 +313,20 @@ class LinuxSandbox:
             "HOME": "/tmp",
         }
         binds = [(str(spec.code_dir), "/var/task")]
-        if spec.network == "platform":
+        forwarders: list[tuple[int, str]] = []
+        if spec.network in ("platform", "internet"):
             binds.append((str(self.api_socket), "/run/gureum/api.sock"))
+            forwarders.append((port, "/run/gureum/api.sock"))
+        if spec.network == "internet":
+            proxy = self._proxies[AllowList(spec.egress_allow).key]
+            binds.append((str(proxy.path), "/run/gureum/egress.sock"))
+            forwarders.append((PROXY_PORT, "/run/gureum/egress.sock"))
+            if os.path.isdir("/etc/ssl"):
+                binds.append(("/etc/ssl", "/etc/ssl"))  # CA certificates for TLS
+            proxy_url = f"http://127.0.0.1:{PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                env[name] = proxy_url
+            env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         return {
             "function_binds": binds,
             "tmp_mb": spec.ephemeral_mb,
@@ -319,7 +336,7 @@ class LinuxSandbox:
                 "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
             },
             "network": spec.network,
-            "api_port": port,
+            "forwarders": forwarders,
             "rlimits": {
                 "RLIMIT_CORE": 0,
                 "RLIMIT_NOFILE": 1024,
@@ -348,6 +365,8 @@ class LinuxSandbox:
         if spec.network not in NETWORK_MODES:
             raise SandboxError(f"network mode {spec.network!r} is not supported by this driver")
         await self._ensure_started()
+        if spec.network == "internet":
+            await self._ensure_proxy(AllowList(spec.egress_allow))
         warm = self._warm.pop() if self._warm else None
         self._in_background(self._fill_warm())
         if warm is not None:
@@ -378,6 +397,12 @@ class LinuxSandbox:
         else:
             self._processes[pid] = process
         return process
+
+    async def _ensure_proxy(self, allow: AllowList) -> None:
+        if allow.key not in self._proxies:
+            proxy = EgressProxy(allow, self.data_dir / "sandbox" / f"egress-{allow.key}.sock")
+            await proxy.start()
+            self._proxies[allow.key] = proxy
 
     async def _fill_warm(self) -> None:
         """Keep `warm_target` pre-spawned sandboxes ready (off the request path)."""
@@ -426,6 +451,8 @@ class LinuxSandbox:
             self._sock.close()
         if self._api_server is not None:
             self._api_server.close()
+        for proxy in self._proxies.values():
+            await proxy.close()
         for process in list(self._processes.values()):
             await asyncio.to_thread(process.cgroup.remove)
         for pid, cgroup in self._warm:
