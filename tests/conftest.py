@@ -125,9 +125,13 @@ def server(server_factory: Callable[..., RunningServer]) -> RunningServer:
 
 
 @pytest.fixture
-def lam(server: RunningServer) -> Any:
-    """A real boto3 Lambda client for the test server, with the root credentials."""
-    return server.client("lambda")
+def lam(server: RunningServer) -> Iterator[Any]:
+    """A real boto3 Lambda client for the test server (root credentials), closed after the
+    test: a client left to the garbage collector can finalise its pooled socket first, and
+    the ResourceWarning would fail whichever test is running then."""
+    client = server.client("lambda")
+    yield client
+    client.close()
 
 
 ECHO = """

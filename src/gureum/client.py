@@ -151,6 +151,23 @@ class Client:
         """Close the connection pool; safe to call twice."""
         self._http.close()
 
+    def aws_client(self, service: str) -> Any:
+        """A boto3 client for one of Gureum's AWS APIs (`s3`, `lambda` …), with this client's
+        endpoint, region and credentials; SigV4 also for presigned URLs."""
+        import boto3
+        from botocore.config import Config
+
+        credentials = self._signer.credentials
+        return boto3.client(  # type: ignore[call-overload, unused-ignore]
+            service,
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=credentials.access_key,
+            aws_secret_access_key=credentials.secret_key,
+            aws_session_token=credentials.token,
+            config=Config(signature_version="s3v4", retries={"mode": "standard"}),
+        )
+
     def __enter__(self) -> Client:
         return self
 
@@ -436,6 +453,44 @@ class Client:
         )
         return result
 
+    def invoke_async(
+        self,
+        name: str,
+        payload: bytes = b"",
+        *,
+        qualifier: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Enqueue a durable async invocation; its request id (the first one's, when the
+        idempotency key was used before within the window)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        result = self._json(
+            "POST",
+            f"/v1/functions/{_q(name)}/invoke-async",
+            query={"qualifier": qualifier},
+            body=payload,
+            headers=headers,
+        )
+        return str(result["request_id"])
+
+    def redrive(self, request_id: str | None = None) -> int:
+        """Send dead-lettered async events (one, or all) through again; how many."""
+        result = self._json("POST", "/v1/events/redrive", json_body={"request_id": request_id})
+        return int(result["redriven"])
+
+    def set_network(
+        self, name: str, network: str, egress_allow: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Set what the function's sandbox may reach ("none", "platform" or "internet", with
+        an optional host allow-list); returns both settings."""
+        body: dict[str, Any] = {"network": network}
+        if egress_allow is not None:
+            body["egress_allow"] = egress_allow
+        result: dict[str, Any] = self._json(
+            "PUT", f"/v1/functions/{_q(name)}/network", json_body=body
+        )
+        return result
+
     def set_scaling(
         self,
         name: str,
@@ -454,6 +509,176 @@ class Client:
             "PUT", f"/v1/functions/{_q(name)}/scaling", json_body=body
         )
         return result
+
+    # ---- schedules (/v1/schedules) ---------------------------------------------------------
+
+    def create_schedule(
+        self,
+        name: str,
+        expression: str,
+        target: str,
+        *,
+        input: Any = None,
+        timezone: str = "UTC",
+        missed: str = "fire-once",
+    ) -> dict[str, Any]:
+        """Invoke `target` (NAME[:QUALIFIER]) asynchronously on every tick of `expression`
+        (rate(…), cron(…), a 5-field cron line or at(…)) in `timezone`, with `input` (any JSON
+        value) or, without it, EventBridge's Scheduled Event. `missed`: fire-once | skip."""
+        body: dict[str, Any] = {
+            "name": name,
+            "expression": expression,
+            "target": target,
+            "timezone": timezone,
+            "missed": missed,
+        }
+        if input is not None:
+            body["input"] = input
+        result: dict[str, Any] = self._json("POST", "/v1/schedules", json_body=body)
+        return result
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/schedules")
+        return result
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/schedules/{_q(name)}")
+        return result
+
+    def delete_schedule(self, name: str) -> None:
+        self.request("DELETE", f"/v1/schedules/{_q(name)}")
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/schedules/{_q(name)}/pause")
+        return result
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Resume a paused schedule from its first tick after now."""
+        result: dict[str, Any] = self._json("POST", f"/v1/schedules/{_q(name)}/resume")
+        return result
+
+    # ---- topics (/v1/topics, /v1/subscriptions) --------------------------------------------
+
+    def create_topic(self, name: str) -> dict[str, Any]:
+        """Create a topic (or get the existing one): {name, arn, subscriptions, created_at}."""
+        result: dict[str, Any] = self._json("POST", "/v1/topics", json_body={"name": name})
+        return result
+
+    def list_topics(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/topics")
+        return result
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its subscriptions."""
+        self.request("DELETE", f"/v1/topics/{_q(name)}")
+
+    def subscribe(
+        self, topic: str, endpoint: str, filter_policy: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Subscribe `function:NAME[:QUALIFIER]` or `queue:NAME`, optionally filtered on
+        message attributes (SNS filter policy)."""
+        body: dict[str, Any] = {"endpoint": endpoint}
+        if filter_policy is not None:
+            body["filter_policy"] = dict(filter_policy)
+        result: dict[str, Any] = self._json(
+            "POST", f"/v1/topics/{_q(topic)}/subscriptions", json_body=body
+        )
+        return result
+
+    def list_subscriptions(self, topic: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", f"/v1/topics/{_q(topic)}/subscriptions")
+        return result
+
+    def unsubscribe(self, subscription: str) -> None:
+        """Remove a subscription by id or ARN."""
+        self.request("DELETE", f"/v1/subscriptions/{_q(subscription.rsplit(':', 1)[-1])}")
+
+    def publish_message(
+        self,
+        topic: str,
+        message: str,
+        attributes: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish to a topic; returns {message_id, deliveries} once every matching
+        subscription's delivery is durable. Attribute values: str, number, or
+        {"Type": "String|Number|String.Array", "Value": "…"}."""
+        body: dict[str, Any] = {"message": message}
+        if attributes:
+            body["attributes"] = dict(attributes)
+        if subject is not None:
+            body["subject"] = subject
+        result: dict[str, Any] = self._json(
+            "POST", f"/v1/topics/{_q(topic)}/publish", json_body=body
+        )
+        return result
+
+    # ---- API gateway (/v1/apis, /v1/routes, /v1/api-keys) ---------------------------------
+
+    def create_api(self, name: str, **settings: Any) -> dict[str, Any]:
+        """Create an HTTP API: base_path, host, stage, cors, rate_limit, burst (all optional)."""
+        body = {"name": name, **{k: v for k, v in settings.items() if v is not None}}
+        result: dict[str, Any] = self._json("POST", "/v1/apis", json_body=body)
+        return result
+
+    def list_apis(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/apis")
+        return result
+
+    def update_api(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change an API's cors / rate_limit / burst (a None value removes cors)."""
+        result: dict[str, Any] = self._json("PATCH", f"/v1/apis/{_q(name)}", json_body=changes)
+        return result
+
+    def delete_api(self, name: str) -> None:
+        self.request("DELETE", f"/v1/apis/{_q(name)}")
+
+    def add_route(
+        self,
+        route_key: str,
+        target: str,
+        *,
+        api: str | None = None,
+        auth: str | dict[str, Any] | None = None,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """Route `route_key` ('GET /hello/{name}', 'ANY /{proxy+}', '$default') to a function."""
+        body = {
+            "route_key": route_key,
+            "target": target,
+            "api": api,
+            "auth": auth,
+            "rate_limit": rate_limit,
+            "burst": burst,
+            "timeout_ms": timeout_ms,
+        }
+        result: dict[str, Any] = self._json(
+            "POST", "/v1/routes", json_body={k: v for k, v in body.items() if v is not None}
+        )
+        return result
+
+    def list_routes(self, api: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/routes", query={"api": api})
+        return result
+
+    def remove_route(self, ref: str, api: str | None = None) -> None:
+        """Remove a route by id or route key (in `api`, else the default API)."""
+        self.request("DELETE", f"/v1/routes/{_q(ref)}", query={"api": api})
+
+    def create_api_key(self, name: str, api: str | None = None) -> dict[str, Any]:
+        """Create an API key; the answer's `key` is shown only this once."""
+        body = {"name": name, **({"api": api} if api else {})}
+        result: dict[str, Any] = self._json("POST", "/v1/api-keys", json_body=body)
+        return result
+
+    def list_api_keys(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._json("GET", "/v1/api-keys")
+        return result
+
+    def delete_api_key(self, key_id: str) -> None:
+        self.request("DELETE", f"/v1/api-keys/{_q(key_id)}")
 
 
 def error_from_response(response: httpx.Response) -> GureumError:

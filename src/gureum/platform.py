@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,14 +19,18 @@ from sqlalchemy.exc import IntegrityError
 
 from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
+from gureum.control.route_store import RouteStore
 from gureum.errors import ConfigurationError
 from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.hub import EventHub
 from gureum.iam.credentials import KeyRing, RootCredentials, SessionIssuer, load_or_create_root
 from gureum.node.dispatcher import Dispatcher
 from gureum.node.pool import InstancePool
 from gureum.node.records import InvocationRecorder
 from gureum.sandbox.base import Sandbox
+from gureum.sandbox.cgroups import CgroupTree
 from gureum.sandbox.libraries import prepare_runtime_libraries
+from gureum.sandbox.linux import LinuxSandbox, host_supports_linux_sandbox
 from gureum.sandbox.process import ProcessSandbox
 from gureum.settings import Settings
 from gureum.store import Database
@@ -50,8 +54,28 @@ def _lock_data_dir(data_dir: Path) -> TextIO:
 
 
 def make_sandbox(settings: Settings) -> Sandbox:
-    """Pick the sandbox driver named in settings (the only place that maps names to drivers)."""
+    """Pick the sandbox driver named in settings (the only place that maps names to drivers).
+    `auto` takes the linux driver where the host allows it and says loudly when it cannot."""
     libraries = prepare_runtime_libraries(settings.data_dir / "runtime" / "python")
+    if settings.sandbox in ("auto", "linux"):
+        usable, why = host_supports_linux_sandbox()
+        tree = CgroupTree.detect() if usable else None
+        if tree is not None:
+            return LinuxSandbox(
+                settings.data_dir,
+                [libraries],
+                settings.endpoint,
+                tree,
+                warm_target=settings.warm_sandboxes,
+            )
+        if settings.sandbox == "linux":
+            raise ConfigurationError(f"the linux sandbox is not available on this host: {why}")
+        log.warning(
+            "ISOLATION REDUCED: the linux sandbox is not available (%s); functions run as "
+            "plain processes without namespaces, cgroups or seccomp. `gureum doctor` shows "
+            "each missing protection.",
+            why,
+        )
     return ProcessSandbox([libraries])
 
 
@@ -72,6 +96,10 @@ class Platform:
     async_invoker: AsyncInvoker
     lock: TextIO
     closed: bool = False
+    # queues, mappings, schedules, topics: built once the async invoker runs
+    events: EventHub = field(init=False)
+    # API gateway: HTTP APIs, routes, API keys (kept in memory)
+    routes: RouteStore = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Platform:
@@ -153,6 +181,7 @@ class Platform:
             workers=settings.async_workers,
             retry_base_s=settings.async_retry_base_s,
             poll_s=settings.async_poll_s,
+            idempotency_window_s=settings.idempotency_window_s,
         )
         platform = cls(
             settings,
@@ -173,6 +202,9 @@ class Platform:
         pool.start()
         recorder.start()
         await invoker.start(sole_owner=db.dialect == "sqlite")
+        platform.events = EventHub(settings, db, registry, dispatcher, invoker)
+        await platform.events.start()
+        platform.routes = await RouteStore.open(db, registry)
         await platform._provision_all()
         return platform
 
@@ -202,6 +234,7 @@ class Platform:
         if self.closed:
             return
         self.closed = True
+        await self.events.close()
         await self.async_invoker.close()
         await self.dispatcher.close()
         await self.pool.close()

@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import Result
-from conftest import RunningServer, free_port
 from typer.testing import CliRunner
 
 from gureum.cli.bundle import zip_directory
 from gureum.cli.main import app
 from gureum.errors import InvalidParameterValue
+from tests.conftest import RunningServer, free_port
 
 GREET = """
 import os

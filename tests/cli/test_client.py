@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ECHO, RunningServer, free_port, make_zip
 
 import gureum
 from gureum.client import DEFAULT_ENDPOINT, Client
@@ -21,6 +20,7 @@ from gureum.errors import (
     ResourceNotFound,
     ServiceError,
 )
+from tests.conftest import ECHO, RunningServer, free_port, make_zip
 
 
 @pytest.fixture

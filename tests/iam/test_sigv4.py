@@ -34,13 +34,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gureum.errors import AuthError, ConfigurationError
+from gureum.iam import sigv4
 from gureum.iam.credentials import (
     KeyRing,
     RootCredentials,
     SessionIssuer,
     load_or_create_root,
 )
-from gureum.iam.sigv4 import Identity, SignedRequest, verify
+from gureum.iam.sigv4 import Identity, SignedRequest, VerificationCache, verify
 
 ENDPOINT = "http://127.0.0.1:8070"
 FUNCTIONS = f"{ENDPOINT}/2015-03-31/functions"
@@ -450,6 +451,194 @@ def test_header_and_query_auth_together_are_rejected(keyring: KeyRing) -> None:
     expect_auth_error(both, keyring, "IncompleteSignatureException")
 
 
+# -- verification cache --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signatures_computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts signature computations, so a test can tell a cache hit from a miss."""
+    calls = [0]
+    compute = sigv4._expected_signature
+
+    def counting(*args: Any) -> str:
+        calls[0] += 1
+        return compute(*args)
+
+    monkeypatch.setattr(sigv4, "_expected_signature", counting)
+    return calls
+
+
+def invoke_request(**headers: str) -> SignedRequest:
+    return sign("POST", f"{FUNCTIONS}/f/invocations", body=b'{"n": 1}', headers=headers or None)
+
+
+def test_cache_hit_skips_the_signature(keyring: KeyRing, signatures_computed: list[int]) -> None:
+    cache = VerificationCache()
+    request = invoke_request()
+    first = verify(request, keyring, cache=cache)
+    assert signatures_computed == [1]
+    assert verify(request, keyring, cache=cache) == first == verify(request, keyring)
+    assert signatures_computed == [2]  # the uncached call only
+    assert len(cache) == 1
+
+
+def test_cache_hit_for_a_presigned_url(keyring: KeyRing, signatures_computed: list[int]) -> None:
+    cache = VerificationCache()
+    request = presign()
+    assert verify(request, keyring, cache=cache) == verify(request, keyring, cache=cache)
+    assert signatures_computed == [2]  # two candidate payload hashes, computed once
+
+
+def tampered_variants(request: SignedRequest) -> dict[str, tuple[SignedRequest, str]]:
+    """Changes to a signed request that must each fail, with the error code they must get."""
+    other_path = "/2015-03-31/functions/g/invocations"
+    unknown_key = request.headers["authorization"].replace(
+        ROOT.access_key_id, "AKIAUNKNOWN000000000"
+    )
+    wrong_signature = re.sub(
+        r"Signature=\w+", "Signature=" + "0" * 64, request.headers["authorization"]
+    )
+    return {
+        "body": (dataclasses.replace(request, body=b'{"n": 2}'), "InvalidSignatureException"),
+        "path": (dataclasses.replace(request, raw_path=other_path), "InvalidSignatureException"),
+        "method": (dataclasses.replace(request, method="PUT"), "InvalidSignatureException"),
+        "query": (
+            dataclasses.replace(request, query_string="Qualifier=1"),
+            "InvalidSignatureException",
+        ),
+        "signed header": (with_headers(request, host="evil:8070"), "InvalidSignatureException"),
+        "signed header value": (
+            with_headers(request, **{"content-type": "text/plain"}),
+            "InvalidSignatureException",
+        ),
+        "unsigned payload declared": (
+            dataclasses.replace(
+                with_headers(request, **{"x-amz-content-sha256": "UNSIGNED-PAYLOAD"}),
+                body=b'{"n": 2}',
+            ),
+            "InvalidSignatureException",
+        ),
+        "signature": (
+            with_headers(request, authorization=wrong_signature),
+            "InvalidSignatureException",
+        ),
+        "unknown key": (
+            with_headers(request, authorization=unknown_key),
+            "UnrecognizedClientException",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "body",
+        "path",
+        "method",
+        "query",
+        "signed header",
+        "signed header value",
+        "unsigned payload declared",
+        "signature",
+        "unknown key",
+    ],
+)
+def test_cache_never_answers_a_changed_request(keyring: KeyRing, change: str) -> None:
+    cache = VerificationCache()
+    request = invoke_request(**{"Content-Type": "application/json"})
+    verify(request, keyring, cache=cache)
+    verify(request, keyring, cache=cache)
+    tampered, code = tampered_variants(request)[change]
+    with pytest.raises(AuthError) as caught:
+        verify(tampered, keyring, cache=cache)
+    assert caught.value.code == code
+    verify(request, keyring, cache=cache)  # the original still verifies
+
+
+def test_cache_does_not_lend_a_signature_to_another_key(
+    keyring: KeyRing, issuer: SessionIssuer
+) -> None:
+    cache = VerificationCache()
+    request = invoke_request()
+    verify(request, keyring, cache=cache)
+    akid, _, token = issuer.issue(ROOT.account_id, "function:other")
+    # a valid session key and token, carrying the root request's signature
+    borrowed = with_headers(
+        request,
+        authorization=request.headers["authorization"].replace(ROOT.access_key_id, akid),
+        **{"x-amz-security-token": token},
+    )
+    expect_auth_error(borrowed, keyring, "InvalidSignatureException")
+
+
+def test_cached_request_still_expires(keyring: KeyRing) -> None:
+    cache = VerificationCache()
+    request = invoke_request()
+    verify(request, keyring, cache=cache)
+    signed_at = datetime.strptime(request.headers["x-amz-date"], "%Y%m%dT%H%M%SZ")
+    with pytest.raises(AuthError) as caught:
+        verify(request, keyring, cache=cache, now=signed_at + timedelta(seconds=901))
+    assert caught.value.message.startswith("Signature expired: ")
+    presigned = presign()
+    verify(presigned, keyring, cache=cache)
+    with pytest.raises(AuthError) as caught:
+        verify(presigned, keyring, cache=cache, now=datetime.now(UTC) + timedelta(seconds=75))
+    assert caught.value.message.startswith("Signature expired: ")
+
+
+def test_cached_request_with_an_expired_session_token_is_rejected(
+    keyring: KeyRing, issuer: SessionIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = VerificationCache()
+    akid, secret, token = issuer.issue(ROOT.account_id, "function:hello", ttl_s=60)
+    request = sign("GET", f"{FUNCTIONS}/", key=(akid, secret, token))
+    assert verify(request, keyring, cache=cache).principal == "function:hello"
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(AuthError) as caught:
+        verify(request, keyring, cache=cache, now=datetime.now(UTC))
+    assert caught.value.code == "ExpiredTokenException"
+
+
+def test_cache_keeps_streaming_and_buffered_results_apart(keyring: KeyRing) -> None:
+    request = AWSRequest(method="PUT", url=f"{ENDPOINT}/bucket/key", data=b"original")
+    S3SigV4Auth(
+        Credentials(ROOT.access_key_id, ROOT.secret_access_key), "s3", "us-east-1"
+    ).add_auth(request)
+    signed = to_signed(request)
+    cache = VerificationCache()
+    assert verify(signed, keyring, cache=cache).payload_hash is None
+    streamed = verify(dataclasses.replace(signed, body=b""), keyring, cache=cache, streaming=True)
+    assert streamed.payload_hash == signed.headers["x-amz-content-sha256"]
+    tampered = dataclasses.replace(signed, body=b"tampered")
+    expect_auth_error(tampered, keyring, "XAmzContentSHA256Mismatch")
+    with pytest.raises(AuthError) as caught:
+        verify(tampered, keyring, cache=cache)
+    assert caught.value.code == "XAmzContentSHA256Mismatch"
+
+
+def test_cache_is_bounded_least_recently_used_first(
+    keyring: KeyRing, signatures_computed: list[int]
+) -> None:
+    cache = VerificationCache(max_requests=2)
+    first, second, third = (sign("GET", f"{FUNCTIONS}/?n={n}") for n in range(3))
+    for request in (first, second, first, third):
+        verify(request, keyring, cache=cache)
+    assert len(cache) == 2
+    computed = signatures_computed[0]
+    verify(first, keyring, cache=cache)  # used recently: kept
+    assert signatures_computed[0] == computed
+    verify(second, keyring, cache=cache)  # least recently used: evicted
+    assert signatures_computed[0] == computed + 1
+
+
+def test_timestamps_are_parsed_as_strptime_would(keyring: KeyRing) -> None:
+    for bad in ("20240230T000000Z", "20241301T000000Z", "20240101T240000Z", "20240101T000060Z"):
+        request = with_headers(sign("GET", f"{FUNCTIONS}/"), **{"x-amz-date": bad})
+        error = expect_auth_error(request, keyring, "IncompleteSignatureException")
+        assert error.message == f"Date '{bad}' is not a valid date"
+
+
 # -- credential files ----------------------------------------------------------------------------
 
 
@@ -535,6 +724,19 @@ def test_session_expiry_is_exact(issuer: SessionIssuer) -> None:
     with pytest.raises(AuthError) as caught:
         issuer.check(akid, token, now=1010.0)
     assert caught.value.code == "ExpiredTokenException"
+
+
+def test_checked_tokens_are_remembered_per_key_and_token(issuer: SessionIssuer) -> None:
+    akid, secret, token = issuer.issue("123456789012", "function:f", ttl_s=10, now=1000.0)
+    other, _, _ = issuer.issue("123456789012", "function:g", ttl_s=10, now=1000.0)
+    for _ in range(2):  # the second check is answered from what the first one learnt
+        assert issuer.check(akid, token, now=1001.0) == (secret, "123456789012", "function:f")
+    body, _, mac = token.partition(".")
+    tail = "BB" if mac.endswith("AA") else "AA"
+    for key, forged in ((other, token), (akid, f"{body}.{mac[:-2]}{tail}"), (akid, None)):
+        with pytest.raises(AuthError) as caught:
+            issuer.check(key, forged, now=1001.0)
+        assert caught.value.code == "UnrecognizedClientException"
 
 
 # -- end to end: real boto3 against a real server ------------------------------------------------

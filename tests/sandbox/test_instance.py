@@ -378,6 +378,32 @@ def test_crash_is_seen_while_a_child_holds_the_sockets(code_dir: Path, tmp_path:
     assert pid_is_dead(int(pid_file.read_text()))
 
 
+@pytest.mark.parametrize("idle_s", [0.0, 0.6])
+def test_exit_while_idle_is_a_crash_on_the_next_invocation(code_dir: Path, idle_s: float) -> None:
+    # Exit is watched without a task per invocation: an instance that dies between
+    # invocations (right before the next one, or well before it) must still be seen as dead.
+    write(
+        code_dir,
+        "import os, threading\n"
+        "def handler(event, context):\n"
+        "    threading.Timer(event['exit_after'], os._exit, (9,)).start()\n"
+        "    return 'ok'\n",
+    )
+
+    async def body(instance: Instance) -> tuple[InvokeOutcome, InvokeOutcome, bool]:
+        first = await invoke(instance, {"exit_after": 0.1}, "req-first")
+        await asyncio.sleep(0.2 + idle_s)
+        second = await invoke(instance, {"exit_after": 60}, "req-second")
+        return first, second, instance.alive
+
+    first, second, alive = with_instance(code_dir, body)
+
+    assert first.status == "success"
+    assert second.status == "crash"
+    assert json.loads(second.payload)["errorMessage"].endswith("exit status 9")
+    assert not alive
+
+
 def test_cancelled_invocation_kills_the_instance(code_dir: Path) -> None:
     write(code_dir, "import time\ndef handler(event, context):\n    time.sleep(event['s'])\n")
 

@@ -15,7 +15,8 @@ from gureum.cli.bundle import handler_module_present, zip_directory
 from gureum.cli.options import FunctionName, JsonOutput, connect, parse_pairs, split_qualifier
 from gureum.cli.render import print_json, reports_errors, table
 from gureum.client import InvokeResult
-from gureum.errors import InvalidRequestContent, ResourceNotFound
+from gureum.control.models import NETWORK_MODES
+from gureum.errors import InvalidParameterValue, InvalidRequestContent, ResourceNotFound
 
 # ---- functions --------------------------------------------------------------------------------
 
@@ -51,6 +52,22 @@ def deploy(
         ),
     ] = None,
     description: Annotated[str | None, typer.Option(help="Description.")] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(
+            help="What the sandbox may reach: none, platform (Gureum's APIs), or internet "
+            "(also allow-listed hosts through the egress proxy)."
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            metavar="HOST",
+            help="With --network internet: a host it may reach (host, *.suffix, host:port; "
+            "repeatable). Without any, public hosts only.",
+        ),
+    ] = None,
     publish: Annotated[
         bool, typer.Option("--publish", help="Publish a version afterwards.")
     ] = False,
@@ -66,6 +83,10 @@ def deploy(
             style="yellow",
         )
     with connect() as client:
+        if network is not None and network not in NETWORK_MODES:
+            raise InvalidParameterValue(f"--network must be one of {', '.join(NETWORK_MODES)}")
+        if allow_host and network != "internet":
+            raise InvalidParameterValue("--allow-host needs --network internet")
         try:
             client.get_function(name)
         except ResourceNotFound:
@@ -78,7 +99,6 @@ def deploy(
                 timeout_s=timeout,
                 environment=environment,
                 description=description,
-                publish=publish,
             )
             action = "created"
         else:
@@ -92,9 +112,11 @@ def deploy(
                 environment=environment,
                 description=description,
             )
-            if publish:
-                config = client.publish_version(name)
             action = "updated"
+        if network is not None:
+            client.set_network(name, network, allow_host)
+        if publish:  # after every change, so the version has them all
+            config = client.publish_version(name)
     if json_output:
         print_json({"action": action, "function": config})
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gureum.cli import functions, operations, render
+from gureum.cli import functions, objects, operations, render, routes, schedules
 from gureum.cli.render import reports_errors
 from gureum.settings import Settings
 
@@ -88,6 +88,15 @@ app.command("alias-rm")(functions.alias_remove)
 app.command("logs")(operations.logs)
 app.command("invocations")(operations.invocations)
 app.command("events")(operations.events)
+app.command("redrive")(operations.redrive)
 app.command("scale")(operations.scale)
 app.command("doctor")(operations.doctor)
 app.command("whoami")(operations.whoami)
+app.add_typer(objects.bucket_app, name="bucket")
+app.command("cp")(objects.copy)
+app.add_typer(objects.notify_app, name="notify")
+app.add_typer(routes.route_app, name="route")
+app.add_typer(routes.api_app, name="api")
+app.add_typer(routes.key_app, name="api-key")
+app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(schedules.topic_app, name="topic")

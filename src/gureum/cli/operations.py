@@ -21,6 +21,7 @@ FOLLOW_INTERVAL_S = 0.5
 class EventState(StrEnum):
     pending = "pending"
     running = "running"
+    retrying = "retrying"
     succeeded = "succeeded"
     failed = "failed"
 
@@ -133,6 +134,22 @@ def events(
             for e in found
         ),
     )
+
+
+@reports_errors
+def redrive(
+    request_id: Annotated[
+        str | None, typer.Argument(help="One dead-lettered event; omit for all of them.")
+    ] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Send dead-lettered (failed) async events through again."""
+    with connect() as client:
+        count = client.redrive(request_id)
+    if json_output:
+        print_json({"redriven": count})
+        return
+    render.console().print(Text(f"redriven: {count}"))
 
 
 @reports_errors

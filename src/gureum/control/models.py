@@ -71,6 +71,15 @@ def validate_alias_name(name: str) -> str:
     return name
 
 
+def validate_description(description: object) -> str:
+    """A function, version or alias description: a string of at most 256 characters."""
+    if not isinstance(description, str) or len(description) > 256:
+        raise _constraint(
+            description, "description", "Member must have length less than or equal to 256"
+        )
+    return description
+
+
 def _int_in(value: object, field_name: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _constraint(value, field_name, f"Member must have value between {low} and {high}")
@@ -172,10 +181,7 @@ class FunctionConfig:
                     "*.suffix pattern or IP address, optionally with :port",
                 )
         validate_environment(self.environment)
-        if not isinstance(self.description, str) or len(self.description) > 256:
-            raise _constraint(
-                self.description, "description", "Member must have length less than or equal to 256"
-            )
+        validate_description(self.description)
         if not isinstance(self.role, str) or len(self.role) > 2048:
             raise _constraint(self.role, "role", "Member must have length <= 2048")
         return self
@@ -192,6 +198,9 @@ class FunctionConfig:
         return cls(**json.loads(raw))
 
     def published(self, version: int, description: str | None) -> FunctionConfig:
+        """This configuration frozen as `version`; InvalidParameterValue for a bad description."""
+        if description is not None:
+            validate_description(description)
         return replace(
             self,
             version=str(version),

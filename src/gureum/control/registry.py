@@ -23,6 +23,7 @@ from gureum.control.models import (
     FunctionConfig,
     new_revision_id,
     validate_alias_name,
+    validate_description,
     validate_name,
 )
 from gureum.control.packages import PackageStore
@@ -125,6 +126,14 @@ class Registry:
     def peek_latest(self, account: str, name: str) -> FunctionConfig | None:
         """$LATEST from the cache only (None if unknown or deleted); never touches the store."""
         return self._latest.get((account, name))
+
+    def peek_version(self, account: str, name: str, version: str) -> FunctionConfig | None:
+        """A published version from the cache only (None if deleted or never loaded).
+
+        Every version that has run on this node was loaded through this registry, and deleting
+        it drops it from the cache, so for a version with instances None means "deleted".
+        """
+        return self._versions.get((account, name, version))
 
     async def get_latest(self, account: str, name: str) -> FunctionConfig:
         key = (account, name)
@@ -253,7 +262,7 @@ class Registry:
 
     async def set_reserved_concurrency(self, account: str, name: str, value: int | None) -> None:
         if value is not None and not 0 <= value <= 100_000:
-            raise InvalidParameterValue("ReservedConcurrentExecutions must be 0 or more")
+            raise InvalidParameterValue("ReservedConcurrentExecutions must be between 0 and 100000")
         await self.get_latest(account, name)
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -265,10 +274,17 @@ class Registry:
         self._changed(account, name)
 
     async def delete_function(self, account: str, name: str, qualifier: str | None = None) -> None:
-        """Delete the function (all versions and aliases), or one published version."""
+        """Delete the function (all versions and aliases), or one published version.
+
+        `$LATEST` as qualifier is refused, as on AWS: it only goes with the whole function.
+        """
+        if qualifier == LATEST:
+            raise InvalidParameterValue(
+                "$LATEST version cannot be deleted without deleting the function."
+            )
         async with self._lock:
             await self.get_latest(account, name)
-            if qualifier is not None and qualifier != LATEST:
+            if qualifier is not None:
                 await self._delete_version(account, name, qualifier)
                 return
             async with self.db.engine.begin() as conn:
@@ -345,6 +361,8 @@ class Registry:
         revision_id: str | None = None,
     ) -> FunctionConfig:
         """Snapshot $LATEST as the next version; returns the newest version if nothing changed."""
+        if description is not None:
+            validate_description(description)
         async with self._lock:
             latest = await self.get_latest(account, name)
             _check_revision(latest.revision_id, revision_id)
@@ -408,7 +426,9 @@ class Registry:
         if len(routing) > 1:
             raise InvalidParameterValue("Alias routing supports at most one additional version")
         for extra, weight in routing.items():
-            if not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise InvalidParameterValue("Alias routing weight must be a number")
+            if not 0.0 <= weight <= 1.0:
                 raise InvalidParameterValue("Alias routing weight must be between 0.0 and 1.0")
             if not extra.isdigit():
                 raise InvalidParameterValue(
@@ -434,6 +454,7 @@ class Registry:
         routing: dict[str, float] | None = None,
     ) -> Alias:
         validate_alias_name(alias_name)
+        validate_description(description)
         routing = routing or {}
         async with self._lock:
             await self.get_latest(account, name)
@@ -514,6 +535,8 @@ class Registry:
         routing: dict[str, float] | None = None,
         revision_id: str | None = None,
     ) -> Alias:
+        if description is not None:
+            validate_description(description)
         async with self._lock:
             current = await self.get_alias(account, name, alias_name)
             _check_revision(current.revision_id, revision_id)

@@ -5,6 +5,12 @@ Each event is a row in `async_events`. Workers claim due events by taking a leas
 — is due again, so every accepted event runs at least once, also across restarts. Function
 errors are retried with exponential backoff and jitter up to `max_attempts`; then the event is
 `failed` (dead-lettered, kept for inspection). Throttling is retried without using an attempt.
+
+Per function, `InvokeConfigs` set the retries (0-2), the maximum event age and the on-success
+and on-failure destinations; the destination record is delivered before the event is settled,
+so it too is delivered at least once. An idempotency key makes a repeated enqueue within the
+window return the first request's id instead of running again. `redrive()` sends dead letters
+through again.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 
 from gureum.errors import ResourceNotFound, TooManyRequests
-from gureum.node.dispatcher import Dispatcher
+from gureum.events.invoke_configs import InvokeConfigs
+from gureum.node.dispatcher import Dispatcher, InvocationResult
 from gureum.store import Database
 from gureum.store.schema import async_events
 
@@ -29,6 +37,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ATTEMPTS = 3  # the first try plus AWS's default of 2 retries
 MAX_EVENT_AGE_S = 6 * 3600.0
 LEASE_GRACE_S = 60.0
+# (event row, condition, result or None, attempts) -> None; raises when it could not deliver
+DestinationSink = Callable[[dict[str, Any], str, InvocationResult | None, int], Awaitable[None]]
 
 
 class AsyncInvoker:
@@ -42,8 +52,14 @@ class AsyncInvoker:
         workers: int,
         retry_base_s: float,
         poll_s: float,
+        idempotency_window_s: float = 24 * 3600.0,
     ) -> None:
         self.db = db
+        self.configs = InvokeConfigs(db)
+        self.idempotency_window_s = idempotency_window_s
+        # set by the EventHub: delivers destination records (queues, functions, topics)
+        self.destinations: DestinationSink | None = None
+        self._idempotency_lock = asyncio.Lock()
         self.dispatcher = dispatcher
         self.workers = workers
         self.retry_base_s = retry_base_s
@@ -68,27 +84,101 @@ class AsyncInvoker:
         self._committer.start()
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
-    async def enqueue(self, account: str, name: str, qualifier: str | None, payload: bytes) -> str:
-        """Write the event durably and return its request id. Returns only once committed."""
-        request_id = str(uuid.uuid4())
+    def row(
+        self,
+        account: str,
+        name: str,
+        qualifier: str | None,
+        payload: bytes,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_age_s: float | None = None,
+        idempotency_key: str | None = None,
+        source: str | None = None,
+    ) -> dict[str, Any]:
+        """A new pending event's row (for callers that insert it in their own transaction,
+        such as the scheduler; call `wake()` after their commit)."""
         now = time.time()
-        await self._committer.insert(
-            {
-                "request_id": request_id,
-                "account_id": account,
-                "function_name": name,
-                "qualifier": qualifier or "",
-                "payload": payload,
-                "state": "pending",
-                "attempts": 0,
-                "max_attempts": DEFAULT_MAX_ATTEMPTS,
-                "not_before": now,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        return {
+            "request_id": str(uuid.uuid4()),
+            "account_id": account,
+            "function_name": name,
+            "qualifier": qualifier or "",
+            "payload": payload,
+            "state": "pending",
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "not_before": now,
+            "created_at": now,
+            "updated_at": now,
+            "max_age_s": max_age_s,
+            "idempotency_key": idempotency_key,
+            "source": source,
+        }
+
+    def wake(self) -> None:
         self._wakeup.set()
-        return request_id
+
+    async def enqueue(
+        self,
+        account: str,
+        name: str,
+        qualifier: str | None,
+        payload: bytes,
+        *,
+        idempotency_key: str | None = None,
+        source: str | None = None,
+    ) -> str:
+        """Write the event durably and return its request id. Returns only once committed.
+        With an `idempotency_key` seen for this function within the window, return the first
+        event's request id and enqueue nothing."""
+        config = await self.configs.lookup(account, name, qualifier)
+        row = self.row(
+            account,
+            name,
+            qualifier,
+            payload,
+            max_attempts=config.retries + 1,
+            max_age_s=config.max_age_s,
+            idempotency_key=idempotency_key,
+            source=source,
+        )
+        if idempotency_key is None:
+            await self._committer.insert(row)
+        else:
+            async with self._idempotency_lock, self.db.engine.begin() as conn:
+                first = await conn.scalar(
+                    sa.select(async_events.c.request_id)
+                    .where(
+                        async_events.c.account_id == account,
+                        async_events.c.idempotency_key == idempotency_key,
+                        async_events.c.function_name == name,
+                        async_events.c.created_at >= time.time() - self.idempotency_window_s,
+                    )
+                    .limit(1)
+                )
+                if first is not None:
+                    return str(first)
+                await conn.execute(async_events.insert().values(**row))
+        self._wakeup.set()
+        return str(row["request_id"])
+
+    async def redrive(self, account: str, request_id: str | None = None) -> int:
+        """Send dead-lettered (failed) events — one, or all of the account's — through again."""
+        now = time.time()
+        query = async_events.update().where(
+            async_events.c.account_id == account, async_events.c.state == "failed"
+        )
+        if request_id is not None:
+            query = query.where(async_events.c.request_id == request_id)
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(
+                query.values(
+                    state="pending", attempts=0, not_before=now, created_at=now, updated_at=now
+                )
+            )
+        self._wakeup.set()
+        return int(result.rowcount)
 
     async def _claim(self) -> dict[str, Any] | None:
         now = time.time()
@@ -142,10 +232,28 @@ class AsyncInvoker:
             except Exception:
                 log.exception("async event %s failed to run; it will be retried", event["id"])
 
+    async def _destination(
+        self, event: dict[str, Any], condition: str, result: InvocationResult | None, attempts: int
+    ) -> str | None:
+        """Deliver the destination record, if any; an error text when that failed."""
+        if self.destinations is None:
+            return None
+        try:
+            await self.destinations(event, condition, result, attempts)
+        except Exception as exc:
+            log.warning("destination of async event %s failed: %s", event["request_id"], exc)
+            return f"destination not delivered: {exc}"[:1000]
+        return None
+
     async def _run(self, event: dict[str, Any]) -> None:
-        if time.time() - event["created_at"] > MAX_EVENT_AGE_S:
-            await self._settle(event["id"], state="failed", last_error="maximum event age")
+        max_age = event.get("max_age_s") or MAX_EVENT_AGE_S
+        if time.time() - event["created_at"] > max_age:
+            problem = await self._destination(event, "EventAgeExceeded", None, event["attempts"])
+            await self._settle(
+                event["id"], state="failed", last_error=problem or "maximum event age exceeded"
+            )
             return
+        first_run = event["attempts"] == 0 and event["last_error"] is None
         try:
             result = await self.dispatcher.invoke(
                 event["account_id"],
@@ -153,7 +261,9 @@ class AsyncInvoker:
                 event["qualifier"] or None,
                 event["payload"],
                 trigger="event",
-                request_id=event["request_id"] if event["attempts"] == 0 else None,
+                # the record keeps the event's id on its first run only; retries and
+                # redriven runs (which have failed before) are recorded under new ids
+                request_id=event["request_id"] if first_run else None,
             )
         except TooManyRequests:
             delay = self.retry_base_s * (0.5 + random.random())
@@ -166,11 +276,20 @@ class AsyncInvoker:
             return
         attempts = event["attempts"] + 1
         if result.function_error is None:
-            await self._settle(event["id"], state="succeeded", attempts=attempts, last_error=None)
+            problem = await self._destination(event, "Success", result, attempts)
+            await self._settle(
+                event["id"], state="succeeded", attempts=attempts, last_error=problem
+            )
             return
         error = _summary(result.payload)
         if attempts >= event["max_attempts"]:
-            await self._settle(event["id"], state="failed", attempts=attempts, last_error=error)
+            problem = await self._destination(event, "RetriesExhausted", result, attempts)
+            await self._settle(
+                event["id"],
+                state="failed",
+                attempts=attempts,
+                last_error=error + (f"; {problem}" if problem else ""),
+            )
             return
         delay = self.retry_base_s * (2 ** (attempts - 1)) * (0.5 + random.random())
         await self._settle(
@@ -184,14 +303,24 @@ class AsyncInvoker:
     async def list_events(
         self, account: str, state: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
+        """Newest events first. A pending event that has failed before shows (and filters)
+        as `retrying`; `pending` then means not tried yet."""
         query = sa.select(*(c for c in async_events.c if c.name != "payload")).where(
             async_events.c.account_id == account
         )
-        if state:
+        if state == "retrying":
+            query = query.where(async_events.c.state == "pending", async_events.c.attempts > 0)
+        elif state == "pending":
+            query = query.where(async_events.c.state == "pending", async_events.c.attempts == 0)
+        elif state:
             query = query.where(async_events.c.state == state)
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(query.order_by(async_events.c.id.desc()).limit(limit))
-            return [dict(r) for r in rows.mappings().all()]
+            found = [dict(r) for r in rows.mappings().all()]
+        for event in found:
+            if event["state"] == "pending" and event["attempts"] > 0:
+                event["state"] = "retrying"
+        return found
 
     async def close(self) -> None:
         """Stop the workers (running events are redelivered later) and commit what was

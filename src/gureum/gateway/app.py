@@ -2,8 +2,10 @@
 
 /healthz                 unauthenticated liveness
 /v1/...                  management API (FastAPI)
-everything else          the AWS API named by the SigV4 credential scope's service
-                         (`lambda` today; S3, SQS … register in `_services`)
+SigV4 for a service      the AWS API named by the SigV4 credential scope's service
+(not execute-api)        (`lambda` today; S3, SQS … register in `_services`)
+everything else          user routes (`gureum.gateway.http_api`); unmatched → 404, except
+                         unsigned requests to the platform's own paths (403 as before)
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from dataclasses import dataclass
 from starlette.types import Message, Receive, Scope, Send
 
 from gureum.errors import AuthError, ClientError, GureumError, RequestTooLarge
+from gureum.events.sqs_api import sqs_body_limit, sqs_error_response
 from gureum.gateway.auth import authenticate, claimed_service
+from gureum.gateway.http_api import HttpApiGateway
 from gureum.gateway.lambda_api import MAX_SYNC_PAYLOAD, LambdaAPI
 from gureum.gateway.management import build_management_api
 from gureum.gateway.responses import error_response, json_response
+from gureum.iam.sigv4 import Identity, VerificationCache
 from gureum.platform import Platform
 from gureum.settings import Settings
+from gureum.storage.s3_api import S3API
+from gureum.storage.s3_xml import error_app as s3_error
 
 log = logging.getLogger(__name__)
 # A base64 zip of up to 50 MB (AWS's direct-upload limit) plus the JSON around it.
@@ -30,10 +37,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Service:
-    """An AWS API served here: its ASGI app and the body size it accepts for a path."""
+    """An AWS API served here: its ASGI app and the body size it accepts for a path.
+
+    A `streaming` service gets the request's `receive` untouched: it is authenticated from the
+    headers and the declared x-amz-content-sha256 (`Identity.payload_hash`), and must check the
+    body against that itself while reading it (`body_limit` is not applied). `render_error`,
+    when set, turns every error on this service's requests (auth failures included) into the
+    service's own error shape instead of the gateway's JSON one.
+    """
 
     app: ASGIApp
     body_limit: Callable[[str], int]
+    streaming: bool = False
+    render_error: Callable[[BaseException], ASGIApp] | None = None
+
+
+def _no_body_limit(path: str) -> int:
+    return MAX_BODY  # unused: streaming services limit bodies themselves
 
 
 def _lambda_body_limit(path: str) -> int:
@@ -79,13 +99,25 @@ class GatewayApp:
         self.settings = settings
         self._services: dict[str, Service] = {}
         self._management: ASGIApp | None = None
+        self._user_routes: HttpApiGateway | None = None
+        # signing keys and recently verified requests, for this app's event loop only
+        self._verification_cache = VerificationCache()
         if platform is not None:
             self._mount(platform)
 
     def _mount(self, platform: Platform) -> None:
         self.platform = platform
         self._services = {"lambda": Service(LambdaAPI(platform).router(), _lambda_body_limit)}
+        self._services["sqs"] = Service(
+            platform.events.sqs_api, sqs_body_limit, render_error=sqs_error_response
+        )
+        self._services["s3"] = Service(
+            S3API.for_platform(platform), _no_body_limit, streaming=True, render_error=s3_error
+        )
         self._management = build_management_api(platform)
+        self._user_routes = HttpApiGateway(
+            platform.routes, platform.dispatcher, platform.keyring, platform.settings.region
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -96,6 +128,14 @@ class GatewayApp:
         path: str = scope["path"]
         if path == "/healthz":
             await json_response({"status": "ok"})(scope, receive, send)
+            return
+        if (
+            self._user_routes is not None
+            and path != "/v1"
+            and not path.startswith("/v1/")
+            and claimed_service(scope) in (None, "execute-api")
+            and await self._user_routes(scope, receive, send)
+        ):
             return
         try:
             await self._handle(scope, receive, send, path)
@@ -109,6 +149,36 @@ class GatewayApp:
         service = self._services.get(service_name)
         if service is None:
             raise ClientError(f"this endpoint does not serve the AWS service {service_name!r}")
+        if not management and service.render_error is not None:
+            try:
+                await self._serve(scope, receive, send, path, service, management=False)
+            except Exception as exc:
+                await service.render_error(exc)(scope, receive, send)
+            return
+        await self._serve(scope, receive, send, path, service, management=management)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        service: Service,
+        *,
+        management: bool,
+    ) -> None:
+        assert self.platform is not None and self._management is not None
+        if service.streaming and not management:
+            identity = authenticate(
+                scope,
+                b"",
+                self.platform.keyring,
+                streaming=True,
+                cache=self._verification_cache,
+            )
+            self._check_region(identity)
+            await service.app({**scope, "gureum.identity": identity}, receive, send)
+            return
         limit = MAX_BODY if management else service.body_limit(path)
         try:
             body = await _read_body(receive, limit)
@@ -117,17 +187,21 @@ class GatewayApp:
             raise RequestTooLarge(
                 f"Request must be smaller than {limit} bytes{operation}"
             ) from None
-        identity = authenticate(scope, body, self.platform.keyring)
-        if identity.region != self.platform.settings.region:
-            raise AuthError(
-                f"Credential should be scoped to a valid region, not '{identity.region}'; "
-                f"this endpoint's region is '{self.platform.settings.region}'."
-            )
+        identity = authenticate(scope, body, self.platform.keyring, cache=self._verification_cache)
+        self._check_region(identity)
         scope = {**scope, "gureum.identity": identity}
         app = self._management if management else service.app
         if management:
             scope["root_path"] = scope.get("root_path", "") + "/v1"
         await app(scope, _replay(body, receive), send)
+
+    def _check_region(self, identity: Identity) -> None:
+        assert self.platform is not None
+        if identity.region != self.platform.settings.region:
+            raise AuthError(
+                f"Credential should be scoped to a valid region, not '{identity.region}'; "
+                f"this endpoint's region is '{self.platform.settings.region}'."
+            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

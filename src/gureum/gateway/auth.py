@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import Scope
 
-from gureum.iam.sigv4 import Identity, SecretLookup, SignedRequest, verify
+from gureum.iam.sigv4 import Identity, SecretLookup, SignedRequest, VerificationCache, verify
 
 
 def signed_request(scope: Scope, body: bytes) -> SignedRequest:
@@ -43,6 +43,17 @@ def claimed_service(scope: Scope) -> str | None:
     return parts[3] if len(parts) == 5 else None
 
 
-def authenticate(scope: Scope, body: bytes, lookup: SecretLookup) -> Identity:
-    """Verify the request's signature; raise AuthError (403) when it does not hold."""
-    return verify(signed_request(scope, body), lookup)
+def authenticate(
+    scope: Scope,
+    body: bytes,
+    lookup: SecretLookup,
+    *,
+    streaming: bool = False,
+    cache: VerificationCache | None = None,
+) -> Identity:
+    """Verify the request's signature; raise AuthError (403) when it does not hold.
+
+    `streaming`: see `gureum.iam.sigv4.verify` (the body is checked later, by the service).
+    `cache`: remembers verified requests and signing keys (`gureum.iam.sigv4.VerificationCache`).
+    """
+    return verify(signed_request(scope, body), lookup, streaming=streaming, cache=cache)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -13,7 +15,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from gureum.control.models import LATEST, FunctionConfig, parse_function_ref
 from gureum.errors import (
@@ -31,6 +34,8 @@ MAX_ASYNC_PAYLOAD = 1024 * 1024
 LOG_TAIL_BYTES = 4096
 CODE_URL_EXPIRES_S = 600  # GetFunction's Code.Location, valid for 10 minutes as on AWS
 V = "/2015-03-31/functions"
+# the route `V/{name}/invocations` as starlette compiles it ({name}: one non-empty segment)
+_INVOKE_PATH = re.compile(r"/2015-03-31/functions/([^/]+)/invocations")
 
 
 def identity(request: Request) -> Identity:
@@ -60,6 +65,33 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return int(raw)
 
 
+class _InvokeFastRouter(Router):
+    """starlette's Router with a shortcut for POST .../invocations, the one hot endpoint.
+
+    Invoke is matched by one regex instead of trying the routes ahead of it, and its endpoint
+    is run as starlette would run it (same scope keys, exceptions propagate unchanged);
+    everything else, including a non-POST to the invoke path, goes through the Router.
+    """
+
+    def __init__(
+        self, routes: Sequence[BaseRoute], invoke: Callable[[Request], Awaitable[Response]]
+    ) -> None:
+        super().__init__(list(routes))
+        self._invoke = invoke
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = _INVOKE_PATH.fullmatch(scope["path"])
+            if match is not None:
+                scope.setdefault("router", self)
+                scope["endpoint"] = self._invoke
+                scope["path_params"] = {"name": match.group(1)}
+                response = await self._invoke(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 class LambdaAPI:
     """Endpoints of the Lambda API; each resolves the caller's account from its identity."""
 
@@ -70,7 +102,7 @@ class LambdaAPI:
 
     def router(self) -> Router:
         fn = V + "/{name}"
-        return Router(
+        return _InvokeFastRouter(
             [
                 Route(V, self.create_function, methods=["POST"]),
                 Route(V + "/", self.list_functions, methods=["GET"]),
@@ -103,8 +135,16 @@ class LambdaAPI:
                     self.get_concurrency,
                     methods=["GET"],
                 ),
-            ]
+                *self._event_routes(),
+            ],
+            self.invoke,
         )
+
+    def _event_routes(self) -> list[Route]:
+        # imported here: that module builds on this one's request helpers
+        from gureum.gateway.lambda_events import LambdaEventRoutes
+
+        return LambdaEventRoutes(self.platform).routes()
 
     def _target(self, request: Request) -> tuple[str, str, str | None]:
         """(account, function name, qualifier) from the path and `Qualifier` query."""
@@ -152,7 +192,10 @@ class LambdaAPI:
         configs, marker = await self.registry.list_functions(
             account, request.query_params.get("Marker"), max_items
         )
-        if request.query_params.get("FunctionVersion") == "ALL":
+        function_version = request.query_params.get("FunctionVersion")
+        if function_version not in (None, "ALL"):
+            raise InvalidParameterValue("FunctionVersion must be ALL when given")
+        if function_version == "ALL":
             every: list[FunctionConfig] = []
             for config in configs:
                 every += await self.registry.list_versions(account, config.name)
@@ -214,7 +257,7 @@ class LambdaAPI:
                 name,
                 code,
                 publish=_bool(body, "Publish"),
-                revision_id=body.get("RevisionId"),
+                revision_id=_str(body, "RevisionId"),
             )
         return json_response(config.to_aws(self.region))
 
@@ -227,7 +270,7 @@ class LambdaAPI:
         if "Runtime" in body:
             changes["runtime"] = body["Runtime"]
         config = await self.registry.update_configuration(
-            account, name, changes, body.get("RevisionId")
+            account, name, changes, _str(body, "RevisionId")
         )
         return json_response(config.to_aws(self.region))
 
@@ -239,9 +282,9 @@ class LambdaAPI:
         config = await self.registry.publish_version(
             account,
             name,
-            description=body.get("Description"),
-            code_sha256=body.get("CodeSha256"),
-            revision_id=body.get("RevisionId"),
+            description=_str(body, "Description"),
+            code_sha256=_str(body, "CodeSha256"),
+            revision_id=_str(body, "RevisionId"),
         )
         return json_response(config.to_aws(self.region), 201)
 
@@ -260,9 +303,9 @@ class LambdaAPI:
         alias = await self.registry.create_alias(
             account,
             name,
-            str(body.get("Name", "")),
-            str(body.get("FunctionVersion", "")),
-            str(body.get("Description", "")),
+            _str(body, "Name") or "",
+            _str(body, "FunctionVersion") or "",
+            _str(body, "Description") or "",
             _routing(body),
         )
         return json_response(alias.to_aws(self.region), 201)
@@ -291,10 +334,10 @@ class LambdaAPI:
             account,
             name,
             request.path_params["alias"],
-            version=body.get("FunctionVersion"),
-            description=body.get("Description"),
+            version=_str(body, "FunctionVersion"),
+            description=_str(body, "Description"),
             routing=_routing(body) if "RoutingConfig" in body else None,
-            revision_id=body.get("RevisionId"),
+            revision_id=_str(body, "RevisionId"),
         )
         return json_response(alias.to_aws(self.region))
 
@@ -351,7 +394,12 @@ class LambdaAPI:
         if kind == "Event":
             await self.registry.get_function(account, name, qualifier)
             request_id = await self.platform.async_invoker.enqueue(
-                account, name, qualifier, payload
+                account,
+                name,
+                qualifier,
+                payload,
+                idempotency_key=request.headers.get("idempotency-key")
+                or request.headers.get("x-gureum-idempotency-key"),
             )
             return Response(status_code=202, headers={"x-amzn-RequestId": request_id})
         result = await self.platform.dispatcher.invoke(
@@ -367,6 +415,14 @@ class LambdaAPI:
             tail = result.log.encode()[-LOG_TAIL_BYTES:]
             headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
         return Response(result.payload, 200, headers=headers, media_type="application/json")
+
+
+def _str(body: dict[str, Any], key: str) -> str | None:
+    """An optional string member: None when absent or null, InvalidParameterValue if not text."""
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidParameterValue(f"{key} must be a string")
+    return value
 
 
 def _bool(body: dict[str, Any], key: str) -> bool:
@@ -417,7 +473,9 @@ def _config_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 def _routing(body: dict[str, Any]) -> dict[str, float]:
     routing = body.get("RoutingConfig") or {}
-    weights = routing.get("AdditionalVersionWeights") if isinstance(routing, dict) else None
+    if not isinstance(routing, dict):
+        raise InvalidParameterValue("RoutingConfig must be an object")
+    weights = routing.get("AdditionalVersionWeights")
     if weights is None:
         return {}
     if not isinstance(weights, dict):

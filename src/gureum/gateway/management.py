@@ -13,7 +13,10 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from gureum.errors import GureumError, InvalidParameterValue
+from gureum.gateway.events_api import events_router
 from gureum.gateway.responses import error_response
+from gureum.gateway.routes_api import build_routes_router
+from gureum.gateway.schedules_api import schedules_router
 from gureum.iam.sigv4 import Identity
 from gureum.platform import Platform
 
@@ -32,6 +35,15 @@ class Scaling(BaseModel):
         None, ge=0, le=100_000, description="max concurrent invocations; omit to keep"
     )
     clear_reserved_concurrency: bool = False
+
+
+class Network(BaseModel):
+    network: str = Field(description="none | platform (Gureum's APIs) | internet (+ egress)")
+    egress_allow: list[str] | None = Field(
+        None,
+        description="internet: hosts allowed (`host`, `*.suffix`, `host:port`); "
+        "empty allows public hosts only; omit to keep",
+    )
 
 
 class InvocationRow(BaseModel):
@@ -72,6 +84,7 @@ def build_management_api(platform: Platform) -> FastAPI:
         return error_response(exc)
 
     api.add_exception_handler(GureumError, gureum_error)
+    api.include_router(build_routes_router(platform))
 
     @api.get("/whoami")
     async def whoami(identity: Caller) -> dict[str, str]:
@@ -155,15 +168,28 @@ def build_management_api(platform: Platform) -> FastAPI:
             "reserved_concurrency": await platform.registry.reserved_concurrency(account, name),
         }
 
+    @api.put("/functions/{name}/network")
+    async def network(name: str, body: Network, identity: Caller) -> dict[str, Any]:
+        """What the function's sandbox may reach: nothing, Gureum's own APIs (platform), or
+        those plus allow-listed internet hosts through the egress proxy (internet)."""
+        changes: dict[str, Any] = {"network": body.network}
+        if body.egress_allow is not None:
+            changes["egress_allow"] = body.egress_allow
+        config = await platform.registry.update_configuration(identity.account_id, name, changes)
+        return {"network": config.network, "egress_allow": config.egress_allow}
+
     @api.get("/events")
     async def events(
         identity: Caller,
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
-        """Async (Event) invocations: pending, running, succeeded, failed (dead-lettered)."""
-        if state not in (None, "pending", "running", "succeeded", "failed"):
+        """Async (Event) invocations: pending, running, retrying (pending after a failed
+        attempt), succeeded, failed (dead-lettered)."""
+        if state not in (None, "pending", "running", "retrying", "succeeded", "failed"):
             raise InvalidParameterValue(f"unknown state {state!r}")
         return await platform.async_invoker.list_events(identity.account_id, state, limit)
 
+    api.include_router(events_router(platform))
+    api.include_router(schedules_router(platform))
     return api

@@ -44,3 +44,26 @@ def error_response(exc: BaseException) -> Response:
         headers["Retry-After"] = str(exc.retry_after_s)
         headers["retryAfterSeconds"] = str(exc.retry_after_s)
     return json_response(body, exc.status, headers)
+
+
+def aws_json10_error_response(exc: BaseException, namespace: str) -> Response:
+    """AWS JSON 1.0 error shape (SQS): `__type` = `{namespace}#{code}`, plus the
+    `x-amzn-query-error` header carrying the legacy query-protocol code boto3 maps."""
+    if not isinstance(exc, GureumError):
+        log.exception("unexpected error", exc_info=exc)
+        exc = ServiceError("An internal error occurred. The server log has the details.")
+    code = exc.code
+    query_code = getattr(exc, "query_code", None) or code
+    fault = "Sender" if isinstance(exc, ClientError) else "Receiver"
+    if isinstance(exc, ClientError) and type(exc).__name__ != "SQSError":
+        # platform-wide errors (signature, body size) in the service's own vocabulary
+        code = {"InvalidSignatureException": "InvalidSecurity"}.get(code, code)
+    return Response(
+        json.dumps({"__type": f"{namespace}#{code}", "message": exc.message}),
+        status_code=exc.status,
+        media_type="application/x-amz-json-1.0",
+        headers={
+            "x-amzn-RequestId": str(uuid.uuid4()),
+            "x-amzn-query-error": f"{query_code};{fault}",
+        },
+    )

@@ -29,6 +29,7 @@ ROOT_PRINCIPAL = "root"
 _MASTER_KEY_BYTES = 32
 _ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9]{3,128}")
 _MIN_SECRET_LEN = 8
+_MAX_CHECKED_TOKENS = 4096
 _INVALID_TOKEN = "The security token included in the request is invalid."
 _EXPIRED_TOKEN = "The security token included in the request is expired"
 
@@ -134,6 +135,9 @@ class SessionIssuer:
             raise ValueError(f"master key must be at least {_MASTER_KEY_BYTES} bytes")
         self._secret_key = hmac.digest(master_key, b"gureum/session-secret/v1", hashlib.sha256)
         self._token_key = hmac.digest(master_key, b"gureum/session-token/v1", hashlib.sha256)
+        # (access key id, token) -> (secret, account, principal, expiry) of tokens whose MAC
+        # matched: a token is immutable, so only the expiry needs checking again
+        self._checked: dict[tuple[str, str], tuple[str, str, str, float]] = {}
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> SessionIssuer:
@@ -174,6 +178,13 @@ class SessionIssuer:
         Raises AuthError 'UnrecognizedClientException' when the token is missing, forged or
         made for another key, and 'ExpiredTokenException' once it has expired.
         """
+        now = time.time() if now is None else now
+        checked = self._checked.get((access_key_id, session_token or ""))
+        if checked is not None:
+            secret, account_id, principal, expires = checked
+            if now >= expires:
+                raise AuthError(_EXPIRED_TOKEN, code="ExpiredTokenException")
+            return secret, account_id, principal
         invalid = AuthError(_INVALID_TOKEN, code="UnrecognizedClientException")
         if not session_token:
             raise invalid
@@ -188,10 +199,13 @@ class SessionIssuer:
         account_id, principal, expires = claims["acct"], claims["prin"], claims["exp"]
         if claims["akid"] != access_key_id:
             raise invalid
-        now = time.time() if now is None else now
         if now >= expires:
             raise AuthError(_EXPIRED_TOKEN, code="ExpiredTokenException")
-        return self._secret_for(access_key_id), str(account_id), str(principal)
+        result = (self._secret_for(access_key_id), str(account_id), str(principal))
+        if len(self._checked) >= _MAX_CHECKED_TOKENS:
+            self._checked.clear()
+        self._checked[(access_key_id, session_token)] = (*result, expires)
+        return result
 
     def _mac(self, body: str) -> bytes:
         return hmac.digest(self._token_key, body.encode(), hashlib.sha256)

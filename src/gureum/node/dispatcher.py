@@ -13,17 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gureum.control.models import LATEST, FunctionConfig
+from gureum.control.models import FunctionConfig
 from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
 from gureum.errors import ResourceNotFound, SandboxError
 from gureum.node.pool import InstancePool, VersionKey
-from gureum.node.records import InvocationRecord, InvocationRecorder
+from gureum.node.records import InvocationLog, InvocationRecord, InvocationRecorder
 from gureum.sandbox.base import InstanceSpec
 from gureum.sandbox.instance import InitFailed, InvokeOutcome
 
 log = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+MAX_CACHED_PACKAGES = 4096
 # (account, principal) -> (access key id, secret, session token)
 CredentialIssuer = Callable[[str, str], tuple[str, str, str]]
 
@@ -37,7 +38,12 @@ class InvocationResult:
     payload: bytes
     function_error: str | None  # "Unhandled" when payload is an error document
     status: str
-    log: str
+    transcript: InvocationLog
+
+    @property
+    def log(self) -> str:
+        """The invocation's log (START … REPORT), composed on first use."""
+        return self.transcript.text
 
 
 class Dispatcher:
@@ -64,11 +70,22 @@ class Dispatcher:
         self.endpoint = endpoint
         self.default_concurrency = default_concurrency
         self._tasks: set[asyncio.Task[None]] = set()
+        # code sha256 -> extracted tree. Packages are content-addressed and immutable, so a
+        # warm invoke need not look at the store; every instance start still checks it.
+        self._package_paths: dict[str, Path] = {}
         registry.on_change(self._function_changed)
 
     def _function_changed(self, account: str, name: str) -> None:
         latest = self.registry.peek_latest(account, name)
-        self.pool.retire(account, name, latest.revision_id if latest else None)
+
+        def current(key: VersionKey) -> bool:
+            if latest is None:
+                return False  # the function is gone
+            if key[2] == "$LATEST":
+                return key[3] == latest.revision_id
+            return self.registry.peek_version(account, name, key[2]) is not None
+
+        self.pool.retire(account, name, current)
         if latest is not None and latest.min_instances > 0:
             self._background(self.provision(latest))
 
@@ -82,8 +99,20 @@ class Dispatcher:
         key: VersionKey = (config.account_id, config.name, config.version, config.revision_id)
         await self.pool.prewarm(key, config.min_instances, lambda: self._spec(config))
 
+    def _package_path(self, config: FunctionConfig) -> Path:
+        """The code package's tree, checked against the store; SandboxError when it is gone."""
+        try:
+            path = self.packages.get(config.code_sha256).path
+        except ResourceNotFound:
+            self._package_paths.pop(config.code_sha256, None)
+            raise SandboxError(f"code package of {config.name} is missing from the store") from None
+        if len(self._package_paths) >= MAX_CACHED_PACKAGES:
+            self._package_paths.clear()
+        self._package_paths[config.code_sha256] = path
+        return path
+
     def _spec(self, config: FunctionConfig, provisioned: bool = False) -> InstanceSpec:
-        code_dir: Path = self.packages.get(config.code_sha256).path
+        code_dir = self._package_path(config)
         access_key, secret, token = self.issue_credentials(
             config.account_id, f"function:{config.name}"
         )
@@ -122,6 +151,8 @@ class Dispatcher:
             timeout_s=float(config.timeout_s),
             env=env,
             ephemeral_mb=config.ephemeral_mb,
+            network=config.network,
+            egress_allow=tuple(config.egress_allow),
         )
 
     async def invoke(
@@ -143,10 +174,8 @@ class Dispatcher:
         reserved = await self.registry.reserved_concurrency(account, name)
         limit = self.default_concurrency if reserved is None else reserved
         key: VersionKey = (account, name, config.version, config.revision_id)
-        try:
-            self.packages.get(config.code_sha256)
-        except ResourceNotFound:
-            raise SandboxError(f"code package of {name} is missing from the store") from None
+        if config.code_sha256 not in self._package_paths:
+            self._package_path(config)
         arn = config.arn(self.region, None if qualifier is None else invoked_as)
         try:
             lease = await self.pool.acquire(
@@ -221,19 +250,18 @@ class Dispatcher:
     ) -> InvocationResult:
         billed = InvocationRecord.billed(outcome.run_ms, init_ms)
         max_memory_mb = max(1, outcome.max_rss_kb // 1024) if outcome.max_rss_kb else 0
-        report = (
-            f"REPORT RequestId: {request_id}\tDuration: {outcome.run_ms:.2f} ms\t"
-            f"Billed Duration: {billed} ms\tMemory Size: {config.memory_mb} MB\t"
-            f"Max Memory Used: {max_memory_mb} MB\t"
-        )
-        if cold:
-            report += f"Init Duration: {init_ms:.2f} ms\t"
-        body = (init_log + outcome.log).decode(errors="replace")
-        if body and not body.endswith("\n"):
-            body += "\n"
-        text = (
-            f"START RequestId: {request_id} Version: {config.version}\n{body}"
-            f"END RequestId: {request_id}\n{report}\n"
+        memory_mb = config.memory_mb
+        transcript = InvocationLog(
+            request_id,
+            config.version,
+            init_log,
+            outcome.log,
+            run_ms=outcome.run_ms,
+            billed_ms=billed,
+            memory_mb=memory_mb,
+            max_memory_mb=max_memory_mb,
+            init_ms=init_ms,
+            cold=cold,
         )
         self.recorder.add(
             InvocationRecord(
@@ -248,22 +276,22 @@ class Dispatcher:
                 init_ms=init_ms,
                 run_ms=outcome.run_ms,
                 billed_ms=billed,
-                memory_mb=config.memory_mb,
+                memory_mb=memory_mb,
                 max_memory_mb=max_memory_mb,
-                gb_seconds=billed / 1000 * config.memory_mb / 1024,
+                gb_seconds=billed / 1000 * memory_mb / 1024,
                 cold=cold,
                 status=outcome.status,
                 error_type=outcome.error_type,
-                log=text,
+                log=transcript,
             )
         )
         return InvocationResult(
             request_id=request_id,
-            executed_version=config.version if config.version != LATEST else LATEST,
+            executed_version=config.version,
             payload=outcome.payload,
             function_error=None if outcome.status == "success" else "Unhandled",
             status=outcome.status,
-            log=text,
+            transcript=transcript,
         )
 
     async def close(self) -> None:

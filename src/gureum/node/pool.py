@@ -195,13 +195,16 @@ class InstancePool:
         async with self._freed:
             self._freed.notify_all()
 
-    def retire(self, account: str, name: str, keep_revision: str | None) -> None:
-        """Drop idle instances of `account/name` whose $LATEST revision is not `keep_revision`
-        (None: drop every pool of the function, as after deletion)."""
+    def retire(self, account: str, name: str, current: Callable[[VersionKey], bool]) -> None:
+        """Drop the pools of `account/name` whose version is no longer `current` (a newer
+        $LATEST revision, a deleted version, or a deleted function): idle instances are
+        closed now, busy ones when they are released."""
+        gone = True
         for key, pool in list(self._versions.items()):
             if key[:2] != (account, name):
                 continue
-            if keep_revision is not None and (key[2] != "$LATEST" or key[3] == keep_revision):
+            if current(key):
+                gone = False
                 continue
             pool.stale = True
             for instance in pool.idle:
@@ -209,7 +212,7 @@ class InstancePool:
                 self._spawn_background(instance.close())
             pool.idle.clear()
             del self._versions[key]
-        if keep_revision is None:
+        if gone:
             slots = self._slots.get((account, name))
             if slots is not None and slots.in_flight == 0 and slots.waiting == 0:
                 del self._slots[(account, name)]

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -20,9 +19,89 @@ FLUSH_INTERVAL_S = 0.05
 FLUSH_BATCH = 500
 
 
-@dataclass(frozen=True)
-class InvocationRecord:
-    """Everything metering and `gureum invocations` need about one invocation."""
+class InvocationLog:
+    """One invocation's log as AWS prints it (START, the function's output, END, REPORT).
+
+    Holds the pieces only: the text is composed the first time `text` is read (for a Tail, or
+    when the record is written), since most invocations' logs are never looked at on the
+    request path.
+    """
+
+    __slots__ = (
+        "_text",
+        "billed_ms",
+        "cold",
+        "init_log",
+        "init_ms",
+        "max_memory_mb",
+        "memory_mb",
+        "output",
+        "request_id",
+        "run_ms",
+        "version",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        version: str,
+        init_log: bytes,
+        output: bytes,
+        *,
+        run_ms: float,
+        billed_ms: int,
+        memory_mb: int,
+        max_memory_mb: int,
+        init_ms: float,
+        cold: bool,
+    ) -> None:
+        self.request_id = request_id
+        self.version = version
+        self.init_log = init_log
+        self.output = output
+        self.run_ms = run_ms
+        self.billed_ms = billed_ms
+        self.memory_mb = memory_mb
+        self.max_memory_mb = max_memory_mb
+        self.init_ms = init_ms
+        self.cold = cold
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The whole log text; composed once, then cached."""
+        if self._text is None:
+            self._text = self._compose()
+        return self._text
+
+    def _compose(self) -> str:
+        request_id = self.request_id
+        report = (
+            f"REPORT RequestId: {request_id}\tDuration: {self.run_ms:.2f} ms\t"
+            f"Billed Duration: {self.billed_ms} ms\tMemory Size: {self.memory_mb} MB\t"
+            f"Max Memory Used: {self.max_memory_mb} MB\t"
+        )
+        if self.cold:
+            report += f"Init Duration: {self.init_ms:.2f} ms\t"
+        raw = self.init_log + self.output if self.init_log else self.output
+        body = raw.decode(errors="replace")
+        if body and not body.endswith("\n"):
+            body += "\n"
+        return (
+            f"START RequestId: {request_id} Version: {self.version}\n{body}"
+            f"END RequestId: {request_id}\n{report}\n"
+        )
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class InvocationRecord(NamedTuple):
+    """Everything metering and `gureum invocations` need about one invocation.
+
+    A tuple in the order of the `invocations` columns it fills, so that writing a batch is one
+    plain executemany with no per-row conversion.
+    """
 
     request_id: str
     account_id: str
@@ -41,7 +120,7 @@ class InvocationRecord:
     cold: bool
     status: str  # "success" | "error" | "timeout" | "crash" | "init_error"
     error_type: str | None
-    log: str
+    log: InvocationLog
 
     @staticmethod
     def billed(run_ms: float, init_ms: float) -> int:
@@ -49,20 +128,41 @@ class InvocationRecord:
         return max(1, math.ceil(run_ms + init_ms))
 
     def to_public(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._asdict()
         data.pop("log")
         return data
 
+    def row(self) -> tuple[Any, ...]:
+        """The values to insert, in `InvocationRecord._fields` order, log tail included."""
+        return (*self[:-1], self.log.text[-MAX_STORED_LOG:])
+
 
 class InvocationRecorder:
-    """Buffers records and writes them in one transaction per batch. `close()` flushes."""
+    """Buffers records and writes them in one transaction per batch.
+
+    A record added is written within about FLUSH_INTERVAL_S (sooner once FLUSH_BATCH are
+    pending). `flush()` writes everything pending now; `query()` flushes first, so it sees every
+    record added before it was called. `close()` stops the background writer and flushes; it is
+    safe to call twice.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self._buffer: list[InvocationRecord] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._flushed = asyncio.Condition()
+        # The insert, compiled once for this dialect: one executemany per batch, with no
+        # per-row parameter processing (the values already have the driver's types).
+        insert = invocations.insert().values(
+            {name: sa.bindparam(name) for name in InvocationRecord._fields}
+        )
+        compiled = insert.compile(dialect=db.engine.dialect)
+        if compiled.positiontup is not None:
+            assert tuple(compiled.positiontup) == InvocationRecord._fields, compiled.positiontup
+            self._positional = True
+        else:
+            self._positional = False
+        self._insert_sql = str(compiled)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -75,12 +175,14 @@ class InvocationRecorder:
     async def flush(self) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer, []
-            rows = [asdict(r) | {"log": r.log[-MAX_STORED_LOG:]} for r in batch]
             try:
+                rows: list[Any] = [record.row() for record in batch]
+                if not self._positional:
+                    rows = [dict(zip(InvocationRecord._fields, row, strict=True)) for row in rows]
                 async with self.db.engine.begin() as conn:
-                    await conn.execute(invocations.insert(), rows)
+                    await conn.exec_driver_sql(self._insert_sql, rows)
             except Exception:
-                log.exception("could not write %d invocation records; retrying", len(rows))
+                log.exception("could not write %d invocation records; retrying", len(batch))
                 self._buffer[:0] = batch
                 raise
 

@@ -62,18 +62,34 @@ class ClientContext:
         self.env = data.get("env")
 
 
+class FunctionInfo:
+    """What the context reports about the function itself, read from the environment once per
+    instance (the agent sets these variables at start; they do not change between calls)."""
+
+    __slots__ = ("function_name", "function_version", "log_group_name", "log_stream_name", "memory")
+
+    def __init__(self, environ: Any = os.environ) -> None:
+        self.function_name = environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        # AWS's runtime passes this through from the environment, so it is a string.
+        self.memory = environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.log_group_name = environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+
+
 class LambdaContext:
     """The `context` argument, with the attributes AWS's Python runtime provides."""
 
-    def __init__(self, header: dict[str, Any]) -> None:
+    def __init__(self, header: dict[str, Any], function: FunctionInfo | None = None) -> None:
+        if function is None:
+            function = FunctionInfo()
         self.aws_request_id: str = header["id"]
         self.invoked_function_arn: str = header["arn"]
-        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        # AWS's runtime passes this through from the environment, so it is a string.
-        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.function_name = function.function_name
+        self.function_version = function.function_version
+        self.memory_limit_in_mb = function.memory
+        self.log_group_name = function.log_group_name
+        self.log_stream_name = function.log_stream_name
         self.identity = CognitoIdentity(header.get("identity"))
         cc = header.get("client_context")
         self.client_context = ClientContext(cc) if isinstance(cc, dict) else None
@@ -191,6 +207,10 @@ class _ResultEncoder(json.JSONEncoder):
         return super().default(o)
 
 
+# Stateless between calls, so one serves every invocation (json.dumps(cls=) builds one each time).
+_RESULT_ENCODER = _ResultEncoder()
+
+
 class _RequestIdFilter(logging.Filter):
     request_id = ""
 
@@ -217,21 +237,40 @@ def _install_logging() -> _RequestIdFilter:
     return request_filter
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+class _ControlChannel:
+    """Frames from the agent, read from the control socket in as few `recv` calls as a frame
+    needs (usually one), instead of one per frame part."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._pending = b""
 
-def _recv(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
-    header_len, payload_len = protocol.decode_lengths(_recv_exact(sock, protocol.HEADER.size))
-    header = protocol.decode_header(_recv_exact(sock, header_len))
-    return header, _recv_exact(sock, payload_len) if payload_len else b""
+    def recv(self) -> tuple[dict[str, Any], bytes]:
+        """The next frame; EOFError once the agent has closed the socket."""
+        prefix = protocol.HEADER.size
+        data = self._at_least(prefix)
+        header_len, payload_len = protocol.decode_lengths(data[:prefix])
+        end = prefix + header_len + payload_len
+        data = self._at_least(end)
+        header = protocol.decode_header(data[prefix : prefix + header_len])
+        payload = data[prefix + header_len : end] if payload_len else b""
+        self._pending = data[end:]
+        return header, payload
+
+    def _at_least(self, n: int) -> bytes:
+        data = self._pending
+        if len(data) >= n:
+            return data
+        chunks = [data]
+        have = len(data)
+        while have < n:
+            chunk = self._sock.recv(min(max(n - have, 1 << 16), 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            have += len(chunk)
+        self._pending = data = b"".join(chunks)
+        return data
 
 
 def _flush_streams() -> None:
@@ -257,7 +296,9 @@ def _end_log(marker_fd: int, request_id: str) -> None:
     os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
 
 
-def _invoke(handler: Any, header: dict[str, Any], payload: bytes) -> tuple[bool, bytes]:
+def _invoke(
+    handler: Any, header: dict[str, Any], payload: bytes, function: FunctionInfo
+) -> tuple[bool, bytes]:
     request_id = header["id"]
     try:
         event = json.loads(payload) if payload else {}
@@ -266,7 +307,7 @@ def _invoke(handler: Any, header: dict[str, Any], payload: bytes) -> tuple[bool,
         error["requestId"] = request_id
         return False, json.dumps(error).encode()
     try:
-        result = handler(event, LambdaContext(header))
+        result = handler(event, LambdaContext(header, function))
     except Exception as exc:
         # Users see their own frames only, as on AWS.
         error = error_json(exc)
@@ -274,7 +315,7 @@ def _invoke(handler: Any, header: dict[str, Any], payload: bytes) -> tuple[bool,
         _log_error(error)
         return False, json.dumps(error).encode()
     try:
-        body = json.dumps(result, cls=_ResultEncoder).encode()
+        body = _RESULT_ENCODER.encode(result).encode()
     except Exception as exc:  # not only TypeError: objects' own methods may raise anything
         error = error_json(
             exc, "Runtime.MarshalError", f"Unable to marshal response: {exc}", with_trace=False
@@ -296,6 +337,35 @@ def _within_frame_limit(ok: bool, body: bytes, request_id: str) -> tuple[bool, b
         "stackTrace": [],
     }
     return False, json.dumps(error).encode()
+
+
+class PeakMemory:
+    """This process image's peak RSS in kB (VmHWM; ru_maxrss would include the parent's before
+    exec). /proc/self/status is opened once and re-read with pread, which makes the kernel
+    render it afresh; open it in the instance's own process (after any fork)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        with contextlib.suppress(OSError):
+            self._fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+
+    def kb(self) -> int:
+        if self._fd is not None:
+            with contextlib.suppress(OSError, ValueError):
+                status = os.pread(self._fd, 8192, 0)
+                # the function may have closed our descriptor, or a new file taken its number
+                if status.startswith(b"Name:"):
+                    start = status.index(b"\nVmHWM:") + 7
+                    return int(status[start : status.index(b"kB", start)])
+            self._reopen()
+        return _peak_rss_kb()
+
+    def _reopen(self) -> None:
+        # Our number may now belong to one of the function's files: never close it, just
+        # stop using it and open our own again for next time.
+        self._fd = None
+        with contextlib.suppress(OSError):
+            self._fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _peak_rss_kb() -> int:
@@ -345,17 +415,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     _end_log(marker_fd, "init")
     sock.sendall(protocol.encode({"t": "ready"}))
+    function = FunctionInfo()
+    peak_memory = PeakMemory()
+    channel = _ControlChannel(sock)
     while True:
         try:
-            header, payload = _recv(sock)
+            header, payload = channel.recv()
         except EOFError:
             return
-        request_filter.request_id = header["id"]
-        ok, body = _within_frame_limit(*_invoke(handler, header, payload), header["id"])
-        _end_log(marker_fd, header["id"])
+        request_id = header["id"]
+        request_filter.request_id = request_id
+        ok, body = _within_frame_limit(*_invoke(handler, header, payload, function), request_id)
+        _end_log(marker_fd, request_id)
         sock.sendall(
             protocol.encode(
-                {"t": "result", "id": header["id"], "ok": ok, "max_rss_kb": _peak_rss_kb()}, body
+                {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}, body
             )
         )
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from gureum.errors import SandboxError
 from gureum.runtime import protocol
@@ -117,6 +117,86 @@ class _LogCollector(asyncio.Protocol):
         return self._take(len(self._buffer))
 
 
+class _ControlChannel(asyncio.Protocol):
+    """The agent's end of the control socket: whole frames from the shim, one reader at a time.
+
+    Frames are cut out of the received bytes as they arrive and handed to the waiting
+    `recv()` directly, with no stream reader and no task in between. End of stream (the
+    shim exited, or `close()`) fails the waiting `recv()` with EOFError once the frames
+    already received have been taken.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._frames: list[tuple[dict[str, Any], bytes]] = []
+        self._error: BaseException | None = None  # EOFError at end of stream, or ProtocolError
+        self._waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        buffer = self._buffer
+        prefix = protocol.HEADER.size
+        while self._error is None and len(buffer) >= prefix:
+            try:
+                header_len, payload_len = protocol.decode_lengths(bytes(buffer[:prefix]))
+                end = prefix + header_len + payload_len
+                if len(buffer) < end:
+                    break
+                header = protocol.decode_header(bytes(buffer[prefix : prefix + header_len]))
+            except protocol.ProtocolError as exc:
+                self._error = exc
+                break
+            payload = bytes(buffer[prefix + header_len : end]) if payload_len else b""
+            del buffer[:end]
+            self._frames.append((header, payload))
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._error is None:
+            self._error = EOFError()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._frames:
+            self._waiter = None
+            waiter.set_result(self._frames.pop(0))
+        elif self._error is not None:
+            self._waiter = None
+            waiter.set_exception(self._error)
+
+    async def recv(self) -> tuple[dict[str, Any], bytes]:
+        """The next frame; EOFError after end of stream, ProtocolError for a malformed frame."""
+        if self._frames:
+            return self._frames.pop(0)
+        if self._error is not None:
+            raise self._error
+        waiter: asyncio.Future[tuple[dict[str, Any], bytes]]
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport is None or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
 class Instance:
     """A started, initialised instance. Create with `Instance.start()`."""
 
@@ -124,20 +204,20 @@ class Instance:
         self,
         spec: InstanceSpec,
         process: SandboxProcess,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        control: _ControlChannel,
         logs: _LogCollector,
         log_transport: asyncio.ReadTransport,
     ) -> None:
         self.spec = spec
         self.process = process
-        self._reader = reader
-        self._writer = writer
+        self._control = control
         self._logs = logs
         self._log_transport = log_transport
         # Exit is watched apart from the socket: a process the function started may hold the
-        # socket open after the instance itself has died.
+        # socket open after the instance itself has died. One task per instance, not per
+        # invocation: on exit, the control channel is ended for whoever is reading it.
         self._exited: asyncio.Future[int] = asyncio.ensure_future(process.wait())
+        self._exited.add_done_callback(self._process_exited)
         self._busy = False
         self.alive = True
         self.init_ms = 0.0
@@ -166,12 +246,12 @@ class Instance:
             log_transport, logs = await loop.connect_read_pipe(
                 _LogCollector, os.fdopen(log_read, "rb", buffering=0)
             )
-            reader, writer = await asyncio.open_unix_connection(sock=parent_sock)
+            _, control = await loop.create_unix_connection(_ControlChannel, sock=parent_sock)
         except BaseException:
             process.kill()
             parent_sock.close()
             raise
-        instance = cls(spec, process, reader, writer, logs, log_transport)
+        instance = cls(spec, process, control, logs, log_transport)
         try:
             header, payload = await instance._recv_or_exit(INIT_TIMEOUT_S)
         except TimeoutError:
@@ -240,8 +320,10 @@ class Instance:
         log_future = self._logs.segment(request_id)
         started = time.perf_counter()
         try:
-            self._writer.write(protocol.encode(header, event))
             try:
+                if self._control.is_closing():
+                    raise ConnectionResetError("the instance has exited")
+                self._control.write(protocol.encode(header, event))
                 reply, payload = await self._recv_or_exit(timeout_s)
                 if reply.get("t") != "result" or reply.get("id") != request_id:
                     raise protocol.ProtocolError(f"unexpected reply {reply!r}")
@@ -268,12 +350,15 @@ class Instance:
                     if status == "exit status 0"
                     else f"Runtime exited with error: {status}"
                 )
+                fault_type = self.process.fault() or "Runtime.ExitError"
+                if fault_type == "Runtime.OutOfMemory":
+                    reason = "Runtime exited with error: signal: killed (out of memory)"
                 message = f"RequestId: {request_id} Error: {reason}"
                 return InvokeOutcome(
                     "crash",
-                    _error("Runtime.ExitError", message, request_id),
-                    "Runtime.ExitError",
-                    self._logs.rest() + b"Runtime.ExitError\n",
+                    _error(fault_type, message, request_id),
+                    fault_type,
+                    self._logs.rest() + f"{fault_type}\n".encode(),
                     run_ms,
                     0,
                 )
@@ -317,7 +402,7 @@ class Instance:
             return
         self.alive = False
         self.process.kill()
-        self._writer.close()
+        self._control.close()
         self._log_transport.close()
 
     async def _stop(self) -> None:
@@ -328,38 +413,23 @@ class Instance:
                 await asyncio.wait_for(asyncio.shield(self._logs.closed), LOG_DRAIN_S)
         await self.close()
 
-    async def _recv(self) -> tuple[dict[str, Any], bytes]:
-        try:
-            prefix = await self._reader.readexactly(protocol.HEADER.size)
-            header_len, payload_len = protocol.decode_lengths(prefix)
-            header = protocol.decode_header(await self._reader.readexactly(header_len))
-            payload = await self._reader.readexactly(payload_len) if payload_len else b""
-        except asyncio.IncompleteReadError:
-            raise EOFError from None
-        return header, payload
-
     async def _recv_or_exit(self, timeout_s: float) -> tuple[dict[str, Any], bytes]:
-        """The next frame; EOFError if the instance exits first, TimeoutError after timeout_s."""
-        receiving = asyncio.ensure_future(self._recv())
-        try:
-            await asyncio.wait(
-                (receiving, self._exited), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not receiving.done() and self._exited.done():
-                # A reply written just before the exit may still be on its way.
-                await asyncio.wait((receiving,), timeout=LOG_DRAIN_S)
-                if not receiving.done():
-                    raise EOFError
-            if not receiving.done():
-                raise TimeoutError
-            return receiving.result()
-        finally:
-            if not receiving.done():
-                receiving.cancel()
-                with contextlib.suppress(asyncio.CancelledError, EOFError):
-                    await receiving
+        """The next frame; EOFError if the instance exits first, TimeoutError after timeout_s.
+
+        Reads in the caller's task: no task per frame. Exit ends the wait through
+        `_process_exited`, which closes the control channel once a reply written just before
+        the exit has had LOG_DRAIN_S to arrive; frames already received are still read.
+        """
+        async with asyncio.timeout(timeout_s):
+            return await self._control.recv()
+
+    def _process_exited(self, _: asyncio.Future[int]) -> None:
+        if self.alive:
+            asyncio.get_running_loop().call_later(LOG_DRAIN_S, self._control.close)
 
     async def _log_segment(self, future: asyncio.Future[bytes]) -> bytes:
+        if future.done() and not future.cancelled():
+            return future.result()
         try:
             # The marker is written before the reply, so it is at most a pipe read behind.
             return await asyncio.wait_for(future, 1.0)

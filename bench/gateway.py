@@ -1,0 +1,95 @@
+"""A trivial HTTP route through Gureum's API gateway vs a plain uvicorn ASGI app, side by side.
+
+    python3 bench/gateway.py [--duration 10] [--connections 32] [--json out.json]
+
+Starts both servers as subprocesses under the same uvicorn settings (bench/servers.py), deploys
+bench/trivial_handler.py into Gureum, routes `GET /bench` to it (no auth), warms both up and
+then runs wrk against each: `GET /bench` on Gureum (route table → payload-2.0 event → warm
+sandboxed instance → response mapping) and the same request on the baseline, which calls the
+handler in-process and returns the same body (`{"ok": true}`).
+Target (issue 4): Gureum >= 0.5x the baseline's requests/s at 32 connections, p99 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from invoke import deploy, http_call, measure, new_root_credentials, servers
+from load import HttpRequest, pick_generator
+
+from gureum.client import Client
+
+ROUTE_PATH = "/bench"
+EXPECTED = {"ok": True}
+
+
+def route_request(port: int) -> HttpRequest:
+    return HttpRequest("127.0.0.1", port, "GET", ROUTE_PATH, {"Host": f"127.0.0.1:{port}"}, b"")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    generator_name, generate = pick_generator("auto")
+    credentials = new_root_credentials()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp), credentials, None) as pair:
+        gureum, baseline = pair
+        endpoint = f"http://127.0.0.1:{gureum.port}"
+        deploy(endpoint, *credentials)
+        with Client(endpoint, *credentials) as client:
+            client.add_route(f"GET {ROUTE_PATH}", "bench-trivial")
+        for server in (gureum, baseline):
+            status, body = http_call("127.0.0.1", server.port, "GET", ROUTE_PATH, {}, b"")
+            if status != 200 or json.loads(body) != EXPECTED:
+                raise RuntimeError(f"{server.name} answered {status} {body[:200]!r}")
+        for server in (gureum, baseline):  # warm-up: instances for every connection
+            generate(route_request(server.port), args.connections, 3.0)
+        for round_index, order in enumerate(((baseline, gureum), (gureum, baseline))):
+            for server in order:
+                run = measure(
+                    server,
+                    route_request(server.port),
+                    generate,
+                    args.connections,
+                    args.duration,
+                    round_index,
+                )
+                rows.append(run)
+    print(f"load generator: {generator_name}; {args.connections} connections, {args.duration:g} s")
+    print(f"{'target':10} {'round':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for run in rows:
+        load = run.load
+        print(
+            f"{run.target:10} {run.round:>5} {load.rps:>9.0f} {load.p50_ms:>7.2f} "
+            f"{load.p99_ms:>7.2f} {load.errors:>6}"
+        )
+    best = {
+        name: max((r.load.rps for r in rows if r.target == name), default=0.0)
+        for name in ("gureum", "baseline")
+    }
+    ratio = best["gureum"] / best["baseline"] if best["baseline"] else 0.0
+    p99 = min(r.load.p99_ms for r in rows if r.target == "gureum")
+    print(f"gureum/baseline throughput: {ratio:.2f}x (target >= 0.5x); gureum p99 {p99:.2f} ms")
+    print("wrk command: " + rows[-1].load.command)
+    print("command: python3 " + shlex.join(["bench/gateway.py", *(argv or sys.argv[1:])]))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"runs": [{"target": r.target, **r.load.to_json()} for r in rows], "ratio": ratio},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""API Gateway HTTP API payload format 2.0: the event a route's function gets, and how its
+return value becomes the HTTP response. Pure functions; no I/O.
+
+Event: header names lower-cased and duplicates joined with ','; `cookie` headers moved to
+`cookies`; query values percent-decoded and duplicates joined with ','; keys that would be empty
+(`cookies`, `queryStringParameters`, `pathParameters`, `body`) left out, as AWS leaves them out;
+text bodies as text, anything else base64 with `isBase64Encoded: true`.
+
+Response: a JSON object with `statusCode` is a structured response (`headers`, `cookies`,
+`body`, `isBase64Encoded`); any other valid JSON is the body of a 200 `application/json`
+response, byte for byte; anything else is a malformed response (500).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from gureum.control.routes import Api
+
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/graphql",
+    "application/x-yaml",
+    "application/yaml",
+)
+_TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class MalformedResponse(ValueError):
+    """The function's return value is not a valid HTTP API response."""
+
+
+def is_text(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith(_TEXT_TYPES) or media.endswith(_TEXT_SUFFIXES)
+
+
+def clf_time(epoch: float) -> str:
+    """Common-log-format time, as in requestContext.time: 12/Mar/2020:19:03:58 +0000."""
+    t = time.gmtime(epoch)
+    return (
+        f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{time.strftime('%H:%M:%S', t)} +0000"
+    )
+
+
+def header_map(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased header names; duplicates comma-joined (cookies stay in here)."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+def query_map(raw_query: str) -> dict[str, str]:
+    """queryStringParameters: decoded values, duplicates comma-joined."""
+    params: dict[str, str] = {}
+    for piece in raw_query.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        key = unquote(key)
+        value = unquote(value)
+        params[key] = f"{params[key]},{value}" if key in params else value
+    return params
+
+
+def split_cookies(cookie_header: str | None) -> list[str]:
+    if not cookie_header:
+        return []
+    return [c.strip() for c in cookie_header.replace(",", ";").split(";") if c.strip()]
+
+
+@dataclass
+class RequestFacts:
+    """What the gateway learnt about a request before invoking the route's function."""
+
+    request_id: str
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: dict[str, str]
+    source_ip: str
+    protocol: str
+    route_key: str
+    path_params: dict[str, str]
+    received_at: float = field(default_factory=time.time)
+
+
+def request_context(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]:
+    host = facts.headers.get("host", "").split(":", 1)[0] if "host" in facts.headers else ""
+    return {
+        "accountId": account,
+        "apiId": api.api_id,
+        "domainName": host,
+        "domainPrefix": host.split(".", 1)[0],
+        "http": {
+            "method": facts.method,
+            "path": facts.raw_path,
+            "protocol": facts.protocol,
+            "sourceIp": facts.source_ip,
+            "userAgent": facts.headers.get("user-agent", ""),
+        },
+        "requestId": facts.request_id,
+        "routeKey": facts.route_key,
+        "stage": api.stage,
+        "time": clf_time(facts.received_at),
+        "timeEpoch": int(facts.received_at * 1000),
+    }
+
+
+def common_fields(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]:
+    """The members an integration event and a Lambda authorizer event share."""
+    headers = {k: v for k, v in facts.headers.items() if k != "cookie"}
+    event: dict[str, Any] = {
+        "version": "2.0",
+        "routeKey": facts.route_key,
+        "rawPath": facts.raw_path,
+        "rawQueryString": facts.raw_query,
+    }
+    cookies = split_cookies(facts.headers.get("cookie"))
+    if cookies:
+        event["cookies"] = cookies
+    event["headers"] = headers
+    query = query_map(facts.raw_query)
+    if query:
+        event["queryStringParameters"] = query
+    event["requestContext"] = request_context(api, facts, account)
+    if facts.path_params:
+        event["pathParameters"] = dict(facts.path_params)
+    return event
+
+
+def build_event(
+    api: Api,
+    facts: RequestFacts,
+    account: str,
+    body: bytes,
+    authorizer: dict[str, Any] | None,
+) -> bytes:
+    """The payload format 2.0 event, JSON-encoded."""
+    event = common_fields(api, facts, account)
+    if authorizer is not None:
+        event["requestContext"]["authorizer"] = authorizer
+    if body:
+        text = None
+        if is_text(facts.headers.get("content-type")):
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        if text is None:
+            event["body"] = base64.b64encode(body).decode()
+            event["isBase64Encoded"] = True
+        else:
+            event["body"] = text
+            event["isBase64Encoded"] = False
+    else:
+        event["isBase64Encoded"] = False
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _header_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise MalformedResponse(f"header value {value!r} is not a string or number")
+
+
+def map_response(payload: bytes) -> HttpResponse:
+    """Turn a function's return value into the HTTP response; MalformedResponse if it is not
+    one API Gateway would accept."""
+    try:
+        result = json.loads(payload)
+    except ValueError:
+        raise MalformedResponse("the function did not return valid JSON") from None
+    if not isinstance(result, dict) or "statusCode" not in result:
+        return HttpResponse(200, [("content-type", "application/json")], payload)
+    status = result["statusCode"]
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise MalformedResponse(f"statusCode {status!r} is not an HTTP status")
+    headers: list[tuple[str, str]] = []
+    raw_headers = result.get("headers") or {}
+    if not isinstance(raw_headers, dict):
+        raise MalformedResponse("headers must be an object")
+    for name, value in raw_headers.items():
+        headers.append((str(name).lower(), _header_value(value)))
+    multi = result.get("multiValueHeaders") or {}
+    if isinstance(multi, dict):
+        for name, values in multi.items():
+            for value in values if isinstance(values, list) else [values]:
+                headers.append((str(name).lower(), _header_value(value)))
+    cookies = result.get("cookies") or []
+    if not isinstance(cookies, list) or not all(isinstance(c, str) for c in cookies):
+        raise MalformedResponse("cookies must be a list of strings")
+    headers += [("set-cookie", cookie) for cookie in cookies]
+    raw_body = result.get("body")
+    if raw_body is None:
+        body = b""
+    elif isinstance(raw_body, str):
+        if result.get("isBase64Encoded") is True:
+            try:
+                body = base64.b64decode(raw_body, validate=True)
+            except (binascii.Error, ValueError):
+                raise MalformedResponse("body is not valid base64") from None
+        else:
+            body = raw_body.encode()
+    else:
+        # API Gateway sends a non-string body as its JSON text
+        body = json.dumps(raw_body, separators=(",", ":")).encode()
+    for name, value in headers:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or not name:
+            raise MalformedResponse("header names and values must not contain line breaks")
+    return HttpResponse(status, headers, body)

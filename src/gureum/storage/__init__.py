@@ -1,0 +1,1 @@
+"""Object storage: the S3 API, its storage engine, and bucket notifications."""

@@ -1,0 +1,70 @@
+"""The blob store contract: where object bodies live (files here; an S3 store in a cluster).
+
+A blob is an immutable byte string under an opaque id the store picks. Object metadata (key,
+ETag, headers) lives in the metadata store and names its blob; keys never reach this layer, so
+no key can influence where bytes are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+
+class BlobWriter(Protocol):
+    """A blob being written. Call `write` any number of times, then exactly one of `commit`
+    (durable, returns the new id) or `abort` (discards everything). `abort` after `commit`, or
+    twice, is a no-op, so `finally: await writer.abort()` is always safe. Nothing written is
+    visible to `open` before `commit` returns."""
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> str: ...
+
+    async def abort(self) -> None: ...
+
+
+class BlobReader(Protocol):
+    """An opened blob: iterate for its bytes in chunks (once), then `close()` — always, also
+    when not iterating at all. `close()` is idempotent."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Stores immutable blobs. Every method is safe to call concurrently with every other."""
+
+    def writer(self) -> BlobWriter:
+        """Start a new blob."""
+        ...
+
+    async def open(
+        self, blob_id: str, start: int = 0, length: int | None = None
+    ) -> BlobReader | None:
+        """A reader of the blob's bytes from `start`, `length` of them (None: to the end); None
+        when there is no such blob. A blob deleted after `open` returned still reads whole."""
+        ...
+
+    async def copy(self, blob_id: str) -> str | None:
+        """A new blob with the same bytes (deleting either leaves the other); None if absent."""
+        ...
+
+    async def concat(self, blob_ids: Sequence[str]) -> str:
+        """A new blob holding the given blobs' bytes in order; FileNotFoundError if one is
+        missing (nothing is left behind then)."""
+        ...
+
+    async def delete(self, blob_id: str) -> None:
+        """Remove a blob; a no-op when it does not exist."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources; idempotent."""
+        ...

@@ -1,0 +1,496 @@
+"""`ObjectCatalog`: buckets, objects, multipart uploads and parts in the metadata store.
+
+Only metadata lives here; bodies are blobs (see `gureum.storage.base`). Every change that
+replaces or removes a blob returns the blob ids that are no longer referenced, for the caller
+to delete *after* the transaction committed — so a crash can orphan a blob, never lose one.
+Keys are stored as UTF-8 bytes, which sort bytewise on every backend, as S3 lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gureum.errors import S3Error
+from gureum.store import Database
+from gureum.store.schema import s3_buckets, s3_objects, s3_parts, s3_uploads
+
+MAX_KEY_BYTES = 1024
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_PAGE = 1000
+
+# header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
+Headers = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    account_id: str
+    created_at: float
+    notification: str  # JSON configuration, "" when none
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    bucket: str
+    key: str
+    blob: str
+    size: int
+    etag: str  # quoted, as S3 sends it
+    last_modified: float
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    bucket: str
+    key: str
+    headers: Headers
+    initiated_at: float
+
+
+@dataclass(frozen=True)
+class Part:
+    part_number: int
+    blob: str
+    size: int
+    etag: str
+    last_modified: float
+
+
+@dataclass(frozen=True)
+class Listing:
+    objects: list[ObjectMeta]
+    common_prefixes: list[str]
+    truncated: bool
+    last: str | None  # the last key or common prefix returned (where the next page starts)
+
+
+def check_bucket_name(name: str) -> None:
+    """Raise InvalidBucketName unless `name` follows S3's bucket naming rules."""
+    if (
+        not _BUCKET_NAME.fullmatch(name)
+        or ".." in name
+        or ".-" in name
+        or "-." in name
+        or _IP_ADDRESS.fullmatch(name)
+        or name.startswith(("xn--", "sthree-"))
+        or name.endswith(("-s3alias", "--ol-s3"))
+    ):
+        raise S3Error(
+            "InvalidBucketName", "The specified bucket is not valid.", BucketName=name[:255]
+        )
+
+
+def check_key(key: str) -> bytes:
+    """Return the key's UTF-8 bytes; raise for empty, overlong or NUL-holding keys."""
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise S3Error("InvalidArgument", "Object keys must be valid UTF-8.") from None
+    if not raw:
+        raise S3Error("InvalidArgument", "Object key must not be empty.")
+    if len(raw) > MAX_KEY_BYTES:
+        raise S3Error("KeyTooLongError", "Your key is too long", MaxSizeAllowed="1024")
+    if "\x00" in key:
+        raise S3Error("InvalidArgument", "Object keys must not contain NUL characters.")
+    return raw
+
+
+def no_such_bucket(name: str) -> S3Error:
+    return S3Error("NoSuchBucket", "The specified bucket does not exist", 404, BucketName=name)
+
+
+def no_such_key(key: str) -> S3Error:
+    return S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=key)
+
+
+def no_such_upload(upload_id: str) -> S3Error:
+    return S3Error(
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload "
+        "may have been aborted or completed.",
+        404,
+        UploadId=upload_id,
+    )
+
+
+def _upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _object(row: sa.RowMapping) -> ObjectMeta:
+    return ObjectMeta(
+        bucket=row["bucket"],
+        key=bytes(row["key"]).decode("utf-8"),
+        blob=row["blob"],
+        size=row["size"],
+        etag=row["etag"],
+        last_modified=row["last_modified"],
+        headers=[(k, v) for k, v in json.loads(row["headers"])],
+    )
+
+
+class ObjectCatalog:
+    """Object metadata over a `Database`. Methods raise S3Error with AWS's codes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- buckets ---------------------------------------------------------------------------
+
+    async def create_bucket(self, account_id: str, name: str) -> None:
+        check_bucket_name(name)
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.execute(
+                    s3_buckets.insert().values(
+                        name=name, account_id=account_id, created_at=time.time()
+                    )
+                )
+        except IntegrityError:
+            owner = await self.get_bucket(name)
+            if owner.account_id == account_id:
+                raise S3Error(
+                    "BucketAlreadyOwnedByYou",
+                    "Your previous request to create the named bucket succeeded and you "
+                    "already own it.",
+                    409,
+                    BucketName=name,
+                ) from None
+            raise S3Error(
+                "BucketAlreadyExists",
+                "The requested bucket name is not available.",
+                409,
+                BucketName=name,
+            ) from None
+
+    async def get_bucket(self, name: str) -> Bucket:
+        async with self.db.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(s3_buckets).where(s3_buckets.c.name == name)))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise no_such_bucket(name)
+        return Bucket(row["name"], row["account_id"], row["created_at"], row["notification"])
+
+    async def list_buckets(self, account_id: str) -> list[Bucket]:
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(s3_buckets)
+                .where(s3_buckets.c.account_id == account_id)
+                .order_by(s3_buckets.c.name)
+            )
+            return [
+                Bucket(r["name"], r["account_id"], r["created_at"], r["notification"])
+                for r in rows.mappings()
+            ]
+
+    async def delete_bucket(self, name: str) -> list[str]:
+        """Delete an empty bucket and its unfinished uploads; return the parts' blobs."""
+        async with self.db.engine.begin() as conn:
+            if not await conn.scalar(sa.select(sa.func.count()).where(s3_buckets.c.name == name)):
+                raise no_such_bucket(name)
+            if (
+                await conn.scalar(
+                    sa.select(s3_objects.c.key).where(s3_objects.c.bucket == name).limit(1)
+                )
+                is not None
+            ):
+                raise S3Error(
+                    "BucketNotEmpty",
+                    "The bucket you tried to delete is not empty",
+                    409,
+                    BucketName=name,
+                )
+            uploads = sa.select(s3_uploads.c.upload_id).where(s3_uploads.c.bucket == name)
+            blobs = list(
+                await conn.scalars(
+                    sa.select(s3_parts.c.blob).where(s3_parts.c.upload_id.in_(uploads))
+                )
+            )
+            await conn.execute(s3_parts.delete().where(s3_parts.c.upload_id.in_(uploads)))
+            await conn.execute(s3_uploads.delete().where(s3_uploads.c.bucket == name))
+            await conn.execute(s3_buckets.delete().where(s3_buckets.c.name == name))
+        return blobs
+
+    async def set_notification(self, name: str, document: str) -> None:
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(
+                s3_buckets.update().where(s3_buckets.c.name == name).values(notification=document)
+            )
+        if not result.rowcount:
+            raise no_such_bucket(name)
+
+    # -- objects ---------------------------------------------------------------------------
+
+    async def put_object(self, meta: ObjectMeta) -> str | None:
+        """Insert or replace an object; return the blob it replaced, if any."""
+        async with self.db.engine.begin() as conn:
+            return await self._put_object(conn, meta)
+
+    async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
+        raw = check_key(meta.key)
+        values = {
+            "blob": meta.blob,
+            "size": meta.size,
+            "etag": meta.etag,
+            "last_modified": meta.last_modified,
+            "headers": json.dumps(meta.headers),
+        }
+        where = sa.and_(s3_objects.c.bucket == meta.bucket, s3_objects.c.key == raw)
+        if not await conn.scalar(
+            sa.select(sa.func.count()).where(s3_buckets.c.name == meta.bucket)
+        ):
+            raise no_such_bucket(meta.bucket)
+        old: str | None = await conn.scalar(sa.select(s3_objects.c.blob).where(where))
+        if old is None:
+            await conn.execute(s3_objects.insert().values(bucket=meta.bucket, key=raw, **values))
+        else:
+            await conn.execute(s3_objects.update().where(where).values(**values))
+        return old
+
+    async def get_object(self, bucket: str, key: str) -> ObjectMeta | None:
+        raw = check_key(key)
+        async with self.db.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(s3_objects).where(
+                            s3_objects.c.bucket == bucket, s3_objects.c.key == raw
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else _object(row)
+
+    async def delete_object(self, bucket: str, key: str) -> ObjectMeta | None:
+        """Remove an object; return what was removed (None: there was nothing)."""
+        raw = check_key(key)
+        where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
+        async with self.db.engine.begin() as conn:
+            row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
+            if row is None:
+                return None
+            await conn.execute(s3_objects.delete().where(where))
+        return _object(row)
+
+    async def list_objects(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str = "",
+        after: str = "",
+        max_keys: int = 1000,
+    ) -> Listing:
+        """Keys (and common prefixes, with a delimiter) after `after`, in byte order."""
+        raw_prefix = prefix.encode()
+        raw_delimiter = delimiter.encode()
+        marker = after.encode()
+        objects: list[ObjectMeta] = []
+        prefixes: list[str] = []
+        last: str | None = None
+        lower = max(marker, raw_prefix)
+        inclusive = lower != marker  # the prefix itself may be a key; the marker is excluded
+        upper = _upper_bound(raw_prefix) if raw_prefix else None
+        async with self.db.engine.connect() as conn:
+            while True:
+                if len(objects) + len(prefixes) >= max_keys:
+                    truncated = await self._exists(conn, bucket, lower, inclusive, upper)
+                    return Listing(objects, prefixes, truncated, last)
+                query = sa.select(s3_objects).where(s3_objects.c.bucket == bucket)
+                query = query.where(
+                    s3_objects.c.key >= lower if inclusive else s3_objects.c.key > lower
+                )
+                if upper is not None:
+                    query = query.where(s3_objects.c.key < upper)
+                page = min(_PAGE, max_keys - len(objects) - len(prefixes))
+                rows = (
+                    (await conn.execute(query.order_by(s3_objects.c.key).limit(page)))
+                    .mappings()
+                    .all()
+                )
+                if not rows:
+                    return Listing(objects, prefixes, False, last)
+                for row in rows:
+                    raw = bytes(row["key"])
+                    cut = raw.find(raw_delimiter, len(raw_prefix)) if raw_delimiter else -1
+                    if cut < 0:
+                        objects.append(_object(row))
+                        last = raw.decode()
+                        lower, inclusive = raw, False
+                        if len(objects) + len(prefixes) >= max_keys:
+                            break
+                        continue
+                    common = raw[: cut + len(raw_delimiter)]
+                    bound = _upper_bound(common)
+                    if common > marker:
+                        prefixes.append(common.decode())
+                        last = common.decode()
+                    if bound is None:
+                        return Listing(objects, prefixes, False, last)
+                    lower, inclusive = bound, True
+                    break  # re-query past everything under this common prefix
+
+    async def _exists(
+        self,
+        conn: AsyncConnection,
+        bucket: str,
+        lower: bytes,
+        inclusive: bool,
+        upper: bytes | None,
+    ) -> bool:
+        query = sa.select(s3_objects.c.key).where(
+            s3_objects.c.bucket == bucket,
+            s3_objects.c.key >= lower if inclusive else s3_objects.c.key > lower,
+        )
+        if upper is not None:
+            query = query.where(s3_objects.c.key < upper)
+        return (await conn.scalar(query.limit(1))) is not None
+
+    # -- multipart uploads -----------------------------------------------------------------
+
+    async def create_upload(self, upload: Upload) -> None:
+        raw = check_key(upload.key)
+        async with self.db.engine.begin() as conn:
+            if not await conn.scalar(
+                sa.select(sa.func.count()).where(s3_buckets.c.name == upload.bucket)
+            ):
+                raise no_such_bucket(upload.bucket)
+            await conn.execute(
+                s3_uploads.insert().values(
+                    upload_id=upload.upload_id,
+                    bucket=upload.bucket,
+                    key=raw,
+                    headers=json.dumps(upload.headers),
+                    initiated_at=upload.initiated_at,
+                )
+            )
+
+    async def get_upload(self, bucket: str, key: str, upload_id: str) -> Upload:
+        raw = check_key(key)
+        async with self.db.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(s3_uploads).where(
+                            s3_uploads.c.upload_id == upload_id,
+                            s3_uploads.c.bucket == bucket,
+                            s3_uploads.c.key == raw,
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise no_such_upload(upload_id)
+        return Upload(
+            row["upload_id"],
+            row["bucket"],
+            bytes(row["key"]).decode(),
+            [(k, v) for k, v in json.loads(row["headers"])],
+            row["initiated_at"],
+        )
+
+    async def list_uploads(self, bucket: str, prefix: str = "", limit: int = 1000) -> list[Upload]:
+        query = sa.select(s3_uploads).where(s3_uploads.c.bucket == bucket)
+        if prefix:
+            raw = prefix.encode()
+            query = query.where(s3_uploads.c.key >= raw)
+            upper = _upper_bound(raw)
+            if upper is not None:
+                query = query.where(s3_uploads.c.key < upper)
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                query.order_by(s3_uploads.c.key, s3_uploads.c.initiated_at).limit(limit)
+            )
+            return [
+                Upload(
+                    r["upload_id"],
+                    r["bucket"],
+                    bytes(r["key"]).decode(),
+                    [(k, v) for k, v in json.loads(r["headers"])],
+                    r["initiated_at"],
+                )
+                for r in rows.mappings()
+            ]
+
+    async def put_part(self, upload_id: str, part: Part) -> str | None:
+        """Add or replace a part; return the blob it replaced. NoSuchUpload if it is gone."""
+        where = sa.and_(
+            s3_parts.c.upload_id == upload_id, s3_parts.c.part_number == part.part_number
+        )
+        values = {
+            "blob": part.blob,
+            "size": part.size,
+            "etag": part.etag,
+            "last_modified": part.last_modified,
+        }
+        async with self.db.engine.begin() as conn:
+            if not await conn.scalar(
+                sa.select(sa.func.count()).where(s3_uploads.c.upload_id == upload_id)
+            ):
+                raise no_such_upload(upload_id)
+            old = await conn.scalar(sa.select(s3_parts.c.blob).where(where))
+            if old is None:
+                await conn.execute(
+                    s3_parts.insert().values(
+                        upload_id=upload_id, part_number=part.part_number, **values
+                    )
+                )
+            else:
+                await conn.execute(s3_parts.update().where(where).values(**values))
+        return old
+
+    async def list_parts(self, upload_id: str, after: int = 0, limit: int = 1000) -> list[Part]:
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(s3_parts)
+                .where(s3_parts.c.upload_id == upload_id, s3_parts.c.part_number > after)
+                .order_by(s3_parts.c.part_number)
+                .limit(limit)
+            )
+            return [
+                Part(r["part_number"], r["blob"], r["size"], r["etag"], r["last_modified"])
+                for r in rows.mappings()
+            ]
+
+    async def finish_upload(self, upload_id: str, meta: ObjectMeta | None) -> list[str]:
+        """End an upload: with `meta`, publish it as the object (complete), else abort.
+        Returns the blobs no longer referenced (the parts', and a replaced object's)."""
+        async with self.db.engine.begin() as conn:
+            blobs = list(
+                await conn.scalars(
+                    sa.select(s3_parts.c.blob).where(s3_parts.c.upload_id == upload_id)
+                )
+            )
+            await conn.execute(s3_parts.delete().where(s3_parts.c.upload_id == upload_id))
+            result = await conn.execute(
+                s3_uploads.delete().where(s3_uploads.c.upload_id == upload_id)
+            )
+            if not result.rowcount:
+                raise no_such_upload(upload_id)
+            if meta is not None:
+                old = await self._put_object(conn, meta)
+                if old is not None:
+                    blobs.append(old)
+        return blobs

@@ -1,0 +1,290 @@
+"""`ObjectStore`: the storage engine behind the S3 API — blobs + catalog + notifications.
+
+It enforces the rules around every write, whatever the caller: the body goes into a fresh
+blob which is committed (durable) before the metadata names it, a replaced or removed blob is
+deleted only after the metadata change committed, nothing of a failed write stays behind, and
+each change is notified (enqueued durably) before the call returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from gureum.errors import S3Error
+from gureum.storage.base import BlobReader, BlobStore, BlobWriter
+from gureum.storage.catalog import (
+    Headers,
+    ObjectCatalog,
+    ObjectMeta,
+    Part,
+    Upload,
+    check_key,
+    no_such_key,
+)
+from gureum.storage.notifications import Notifier, ObjectEvent, load_targets
+from gureum.storage.payload import Received
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+# Fills a new blob from the request body and says what it received (verified).
+Fill = Callable[[BlobWriter], Awaitable[Received]]
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Who makes a change, for notifications."""
+
+    account_id: str
+    principal: str
+    request_id: str
+    source_ip: str
+
+
+class ObjectStore:
+    """Objects in buckets: see the module docstring for the guarantees."""
+
+    def __init__(
+        self, catalog: ObjectCatalog, blobs: BlobStore, notifier: Notifier, region: str
+    ) -> None:
+        self.catalog = catalog
+        self.blobs = blobs
+        self.notifier = notifier
+        self.region = region
+
+    async def _discard(self, blobs: Sequence[str | None]) -> None:
+        for blob in blobs:
+            if blob is not None:
+                await self.blobs.delete(blob)
+
+    async def _write(self, fill: Fill) -> tuple[str, Received]:
+        writer = self.blobs.writer()
+        try:
+            received = await fill(writer)
+            return await writer.commit(), received
+        finally:
+            await writer.abort()
+
+    async def _publish(self, meta: ObjectMeta, event: str, ctx: WriteContext) -> None:
+        old = await self.catalog.put_object(meta)
+        await self._discard([old])
+        await self._notify(event, meta.bucket, meta.key, meta, ctx)
+
+    async def _notify(
+        self, event: str, bucket: str, key: str, meta: ObjectMeta | None, ctx: WriteContext
+    ) -> None:
+        targets = load_targets((await self.catalog.get_bucket(bucket)).notification)
+        if not targets:
+            return
+        await self.notifier.publish(
+            targets,
+            ObjectEvent(
+                event_name=event,
+                bucket=bucket,
+                key=key,
+                size=meta.size if meta else None,
+                etag=meta.etag.strip('"') if meta else None,
+                principal=ctx.principal,
+                account_id=ctx.account_id,
+                request_id=ctx.request_id,
+                source_ip=ctx.source_ip,
+                region=self.region,
+            ),
+        )
+
+    async def put(
+        self, bucket: str, key: str, headers: Headers, fill: Fill, ctx: WriteContext
+    ) -> ObjectMeta:
+        """Store a whole object from `fill` (PutObject)."""
+        check_key(key)
+        await self.catalog.get_bucket(bucket)  # NoSuchBucket before reading any body
+        blob, received = await self._write(fill)
+        if received.checksum is not None:
+            algorithm, value = received.checksum
+            headers = [*headers, (f"x-amz-checksum-{algorithm}", value)]
+        meta = ObjectMeta(
+            bucket, key, blob, received.size, f'"{received.md5_hex}"', time.time(), headers
+        )
+        try:
+            await self._publish(meta, "s3:ObjectCreated:Put", ctx)
+        except BaseException:
+            await self._discard([blob])
+            raise
+        return meta
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        await self.catalog.get_bucket(bucket)
+        meta = await self.catalog.get_object(bucket, key)
+        if meta is None:
+            raise no_such_key(key)
+        return meta
+
+    async def open(
+        self, bucket: str, key: str, span: Callable[[ObjectMeta], tuple[int, int]]
+    ) -> tuple[ObjectMeta, BlobReader]:
+        """The object's metadata and a reader of its bytes in `span(meta)` = (start, length);
+        the caller must close the reader."""
+        for _ in range(5):
+            meta = await self.head(bucket, key)
+            start, length = span(meta)
+            chunks = await self.blobs.open(meta.blob, start, length)
+            if chunks is not None:
+                return meta, chunks
+            # replaced between reading the metadata and opening the blob: look again
+        raise S3Error("SlowDown", "The object is being rewritten too often; retry.", 503)
+
+    async def copy(
+        self,
+        source: tuple[str, str],
+        bucket: str,
+        key: str,
+        headers: Headers | None,
+        ctx: WriteContext,
+        check: Callable[[ObjectMeta], None] = lambda meta: None,
+    ) -> ObjectMeta:
+        """CopyObject: `headers` None keeps the source's (MetadataDirective COPY)."""
+        check_key(key)
+        await self.catalog.get_bucket(bucket)
+        for _ in range(5):
+            src = await self.head(*source)
+            check(src)
+            blob = await self.blobs.copy(src.blob)
+            if blob is not None:
+                break
+        else:
+            raise S3Error("SlowDown", "The source is being rewritten too often; retry.", 503)
+        meta = ObjectMeta(
+            bucket,
+            key,
+            blob,
+            src.size,
+            src.etag,
+            time.time(),
+            src.headers if headers is None else headers,
+        )
+        try:
+            await self._publish(meta, "s3:ObjectCreated:Copy", ctx)
+        except BaseException:
+            await self._discard([blob])
+            raise
+        return meta
+
+    async def delete(self, bucket: str, key: str, ctx: WriteContext) -> None:
+        """DeleteObject: deleting a missing key succeeds, as on S3."""
+        await self.catalog.get_bucket(bucket)
+        removed = await self.catalog.delete_object(bucket, key)
+        if removed is None:
+            return
+        await self._discard([removed.blob])
+        await self._notify("s3:ObjectRemoved:Delete", bucket, key, None, ctx)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self._discard(await self.catalog.delete_bucket(bucket))
+
+    # -- multipart -------------------------------------------------------------------------
+
+    async def create_upload(self, bucket: str, key: str, headers: Headers) -> Upload:
+        check_key(key)
+        upload = Upload(secrets.token_urlsafe(32), bucket, key, headers, time.time())
+        await self.catalog.create_upload(upload)
+        return upload
+
+    async def put_part(
+        self, bucket: str, key: str, upload_id: str, number: int, fill: Fill
+    ) -> Part:
+        if not 1 <= number <= MAX_PARTS:
+            raise S3Error(
+                "InvalidArgument",
+                f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive",
+                ArgumentName="partNumber",
+                ArgumentValue=str(number),
+            )
+        await self.catalog.get_bucket(bucket)
+        await self.catalog.get_upload(bucket, key, upload_id)
+        blob, received = await self._write(fill)
+        part = Part(number, blob, received.size, f'"{received.md5_hex}"', time.time())
+        try:
+            old = await self.catalog.put_part(upload_id, part)
+        except BaseException:
+            await self._discard([blob])
+            raise
+        await self._discard([old])
+        return part
+
+    async def complete(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        wanted: list[tuple[int, str]],
+        ctx: WriteContext,
+    ) -> ObjectMeta:
+        """Assemble the listed (part number, ETag) parts into the object."""
+        await self.catalog.get_bucket(bucket)
+        upload = await self.catalog.get_upload(bucket, key, upload_id)
+        if not wanted:
+            raise S3Error(
+                "MalformedXML", "You must specify at least one part in CompleteMultipartUpload"
+            )
+        numbers = [number for number, _ in wanted]
+        if numbers != sorted(set(numbers)):
+            raise S3Error(
+                "InvalidPartOrder",
+                "The list of parts was not in ascending order. Parts must be ordered by part "
+                "number.",
+                UploadId=upload_id,
+            )
+        stored = {p.part_number: p for p in await self.catalog.list_parts(upload_id, 0, MAX_PARTS)}
+        chosen: list[Part] = []
+        for index, (number, etag) in enumerate(wanted):
+            part = stored.get(number)
+            if part is None or part.etag.strip('"') != etag.strip().strip('"'):
+                raise S3Error(
+                    "InvalidPart",
+                    "One or more of the specified parts could not be found. The part may not "
+                    "have been uploaded, or the specified entity tag may not match the part's "
+                    "entity tag.",
+                    UploadId=upload_id,
+                    PartNumber=str(number),
+                    ETag=etag,
+                )
+            if part.size < MIN_PART_SIZE and index < len(wanted) - 1:
+                raise S3Error(
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed object size.",
+                    ProposedSize=str(part.size),
+                    MinSizeAllowed=str(MIN_PART_SIZE),
+                    PartNumber=str(number),
+                    ETag=part.etag,
+                )
+            chosen.append(part)
+        try:
+            blob = await self.blobs.concat([p.blob for p in chosen])
+        except FileNotFoundError:
+            raise S3Error("InternalError", "A part's data is missing.", 500) from None
+        digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in chosen))
+        meta = ObjectMeta(
+            bucket,
+            key,
+            blob,
+            sum(p.size for p in chosen),
+            f'"{digest.hexdigest()}-{len(chosen)}"',
+            time.time(),
+            upload.headers,
+        )
+        try:
+            freed = await self.catalog.finish_upload(upload_id, meta)
+        except BaseException:
+            await self._discard([blob])
+            raise
+        await self._discard(freed)
+        await self._notify("s3:ObjectCreated:CompleteMultipartUpload", bucket, key, meta, ctx)
+        return meta
+
+    async def abort(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.catalog.get_bucket(bucket)
+        await self.catalog.get_upload(bucket, key, upload_id)
+        await self._discard(await self.catalog.finish_upload(upload_id, None))

@@ -1,0 +1,330 @@
+"""S3 object operations: Put/Get/Head/Delete/Copy object and multipart uploads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import unquote
+
+from starlette.responses import Response, StreamingResponse
+
+from gureum.errors import S3Error
+from gureum.storage.base import BlobReader, BlobWriter
+from gureum.storage.catalog import ObjectMeta
+from gureum.storage.objects import MAX_PARTS, ObjectStore
+from gureum.storage.payload import Received
+from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http_date
+from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
+
+MAX_OBJECT_SIZE = 5 * 1024**3  # single PUT, as S3
+_RESPONSE_OVERRIDES = {
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
+}
+
+
+def _base_headers(req: S3Request) -> dict[str, str]:
+    return {"x-amz-request-id": req.request_id, "x-amz-id-2": req.request_id}
+
+
+def _filler(req: S3Request, max_size: int = MAX_OBJECT_SIZE):  # type: ignore[no-untyped-def]
+    async def fill(writer: BlobWriter) -> Received:
+        return await req.body_into(writer, max_size)
+
+    return fill
+
+
+# -- conditions and ranges ---------------------------------------------------------------------
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    wanted = [t.strip() for t in header.split(",")]
+    return "*" in wanted or etag in wanted or etag.strip('"') in [t.strip('"') for t in wanted]
+
+
+def check_conditions(headers: dict[str, str], meta: ObjectMeta, prefix: str = "") -> int | None:
+    """304 or 412 when a conditional header says so, else None (RFC 7232 as S3 applies it)."""
+    modified = int(meta.last_modified)
+    if_match = headers.get(f"{prefix}if-match")
+    if_unmodified = headers.get(f"{prefix}if-unmodified-since")
+    if_none_match = headers.get(f"{prefix}if-none-match")
+    if_modified = headers.get(f"{prefix}if-modified-since")
+    if if_match is not None:
+        if not _etag_matches(if_match, meta.etag):
+            return 412
+    elif if_unmodified is not None:
+        since = parse_http_date(if_unmodified)
+        if since is not None and modified > since:
+            return 412
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, meta.etag):
+            return 304
+    elif if_modified is not None:
+        since = parse_http_date(if_modified)
+        if since is not None and modified <= since:
+            return 304
+    return None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, length) for a single `bytes=` range; None to serve the whole object."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, sep, last = header[6:].strip().partition("-")
+    if not sep or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0:
+            raise _invalid_range(size)
+        start = max(0, size - suffix)
+        return start, size - start
+    start = int(first)
+    end = int(last) if last.isdigit() else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise _invalid_range(size)
+    end = min(end, size - 1)
+    return start, end - start + 1
+
+
+def _invalid_range(size: int) -> S3Error:
+    return S3Error(
+        "InvalidRange", "The requested range is not satisfiable", 416, ActualObjectSize=str(size)
+    )
+
+
+def object_headers(req: S3Request, meta: ObjectMeta) -> dict[str, str]:
+    headers = _base_headers(req)
+    headers.update(
+        {
+            "etag": meta.etag,
+            "last-modified": http_date(meta.last_modified),
+            "accept-ranges": "bytes",
+            "content-type": "binary/octet-stream",
+        }
+    )
+    for name, value in meta.headers:
+        if name.startswith("x-amz-checksum-"):
+            if req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+                headers[name] = value
+            continue
+        headers[name] = value
+    for parameter, name in _RESPONSE_OVERRIDES.items():
+        if parameter in req.query:
+            headers[name] = req.query[parameter]
+    return headers
+
+
+# -- operations --------------------------------------------------------------------------------
+
+
+async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> Response:
+    if "partNumber" in req.query:
+        raise S3Error("NotImplemented", "GetObject by partNumber is not implemented", 501)
+    span: tuple[int, int] | None = None
+    status: int | None = None
+
+    def choose(meta: ObjectMeta) -> tuple[int, int]:
+        nonlocal span, status
+        status = check_conditions(req.headers, meta)
+        span = parse_range(req.headers.get("range"), meta.size) if status is None else None
+        return span if span is not None else (0, meta.size)
+
+    reader: BlobReader | None = None
+    if head:
+        meta = await store.head(req.bucket, req.key)
+        choose(meta)
+    else:
+        meta, reader = await store.open(req.bucket, req.key, choose)
+    headers = object_headers(req, meta)
+    if status is not None or span is not None:
+        # a checksum describes the whole object; botocore would check it against this body
+        headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-checksum-")}
+    if status is not None:
+        if reader is not None:
+            await reader.close()
+        if status == 412:
+            raise S3Error(
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+                412,
+                Condition="If-Match",
+            )
+        return Response(
+            b"", 304, headers={k: v for k, v in headers.items() if k not in ("content-type",)}
+        )
+    if span is not None:
+        start, length = span
+        headers["content-range"] = f"bytes {start}-{start + length - 1}/{meta.size}"
+        code = 206
+    else:
+        length = meta.size
+        code = 200
+    headers["content-length"] = str(length)
+    if reader is None:
+        return Response(b"", code, headers=headers)
+    return StreamingResponse(_stream(reader), code, headers=headers)
+
+
+async def _stream(reader: BlobReader) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in reader:
+            yield chunk
+    finally:
+        await reader.close()
+
+
+async def put_object(req: S3Request, store: ObjectStore) -> Response:
+    if "x-amz-copy-source" in req.headers:
+        return await copy_object(req, store)
+    meta = await store.put(req.bucket, req.key, req.stored_headers(), _filler(req), req.context)
+    headers = {**_base_headers(req), "etag": meta.etag}
+    headers.update({n: v for n, v in meta.headers if n.startswith("x-amz-checksum-")})
+    return Response(b"", 200, headers=headers)
+
+
+async def copy_object(req: S3Request, store: ObjectStore) -> Response:
+    source = unquote(req.headers["x-amz-copy-source"].split("?", 1)[0]).removeprefix("/")
+    src_bucket, sep, src_key = source.partition("/")
+    if not sep or not src_key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+            ArgumentName="x-amz-copy-source",
+        )
+    directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error(
+            "InvalidArgument",
+            "Unknown metadata directive.",
+            ArgumentName="x-amz-metadata-directive",
+        )
+    if directive == "COPY" and (src_bucket, src_key) == (req.bucket, req.key):
+        raise S3Error(
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect "
+            "location or encryption attributes.",
+        )
+
+    def check(meta: ObjectMeta) -> None:
+        if check_conditions(req.headers, meta, prefix="x-amz-copy-source-") is not None:
+            raise S3Error(
+                "PreconditionFailed",
+                "At least one of the pre-conditions you specified did not hold",
+                412,
+            )
+
+    # the copy request itself has no body; drain what a client might send anyway
+    await req.small_body()
+    meta = await store.copy(
+        (src_bucket, src_key),
+        req.bucket,
+        req.key,
+        req.stored_headers() if directive == "REPLACE" else None,
+        req.context,
+        check,
+    )
+    root = document("CopyObjectResult")
+    add(root, "LastModified", iso_date(meta.last_modified))
+    add(root, "ETag", meta.etag)
+    return xml_response(root, req.request_id)
+
+
+async def delete_object(req: S3Request, store: ObjectStore) -> Response:
+    if "uploadId" in req.query:
+        await store.abort(req.bucket, req.key, req.query["uploadId"])
+    else:
+        await store.delete(req.bucket, req.key, req.context)
+    return Response(b"", 204, headers=_base_headers(req))
+
+
+# -- multipart ---------------------------------------------------------------------------------
+
+
+async def create_upload(req: S3Request, store: ObjectStore) -> Response:
+    await req.small_body()
+    upload = await store.create_upload(req.bucket, req.key, req.stored_headers())
+    root = document("InitiateMultipartUploadResult")
+    add(root, "Bucket", req.bucket)
+    add(root, "Key", req.key)
+    add(root, "UploadId", upload.upload_id)
+    return xml_response(root, req.request_id)
+
+
+def _int_param(req: S3Request, name: str, default: int, low: int, high: int) -> int:
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise S3Error(
+            "InvalidArgument",
+            f"{name} must be an integer between {low} and {high}",
+            ArgumentName=name,
+            ArgumentValue=raw[:64],
+        )
+    return value
+
+
+async def upload_part(req: S3Request, store: ObjectStore) -> Response:
+    if "x-amz-copy-source" in req.headers:
+        raise S3Error("NotImplemented", "UploadPartCopy is not implemented", 501)
+    number = _int_param(req, "partNumber", 0, 1, MAX_PARTS)
+    part = await store.put_part(req.bucket, req.key, req.query["uploadId"], number, _filler(req))
+    return Response(b"", 200, headers={**_base_headers(req), "etag": part.etag})
+
+
+async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
+    root = parse(await req.small_body())
+    if root.tag != "CompleteMultipartUpload":
+        raise malformed()
+    wanted: list[tuple[int, str]] = []
+    for part in root.findall("Part"):
+        number, etag = text(part, "PartNumber"), text(part, "ETag")
+        if number is None or etag is None or not number.strip().isdigit():
+            raise malformed()
+        wanted.append((int(number), etag))
+    meta = await store.complete(req.bucket, req.key, req.query["uploadId"], wanted, req.context)
+    result = document("CompleteMultipartUploadResult")
+    add(result, "Location", f"/{req.bucket}/{req.key}")
+    add(result, "Bucket", req.bucket)
+    add(result, "Key", req.key)
+    add(result, "ETag", meta.etag)
+    return xml_response(result, req.request_id)
+
+
+async def list_parts(req: S3Request, store: ObjectStore) -> Response:
+    upload_id = req.query["uploadId"]
+    await store.catalog.get_bucket(req.bucket)
+    await store.catalog.get_upload(req.bucket, req.key, upload_id)
+    max_parts = _int_param(req, "max-parts", 1000, 0, 2**31 - 1)
+    marker = _int_param(req, "part-number-marker", 0, 0, MAX_PARTS)
+    parts = await store.catalog.list_parts(upload_id, marker, min(max_parts, 1000) + 1)
+    truncated = len(parts) > min(max_parts, 1000)
+    parts = parts[: min(max_parts, 1000)]
+    root = document("ListPartsResult")
+    add(root, "Bucket", req.bucket)
+    add(root, "Key", req.key)
+    add(root, "UploadId", upload_id)
+    add(root, "PartNumberMarker", marker)
+    if parts:
+        add(root, "NextPartNumberMarker", parts[-1].part_number)
+    add(root, "MaxParts", max_parts)
+    add(root, "IsTruncated", truncated)
+    add(root, "StorageClass", "STANDARD")
+    for part in parts:
+        node = add(root, "Part")
+        add(node, "PartNumber", part.part_number)
+        add(node, "LastModified", iso_date(part.last_modified))
+        add(node, "ETag", part.etag)
+        add(node, "Size", part.size)
+    return xml_response(root, req.request_id)

@@ -1,0 +1,234 @@
+"""Per-route authorization over real HTTP: API keys, IAM (SigV4 execute-api), JWT, Lambda."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gureum.client import Client
+from tests.conftest import RunningServer
+from tests.gateway.routes.conftest import Deploy, echoed
+
+ISSUER = "https://issuer.example"
+AUTHORIZER = """
+import json
+CALLS = 0
+def handler(event, context):
+    global CALLS
+    CALLS += 1
+    token = event["headers"].get("authorization")
+    print("authorizer", json.dumps(event))
+    if token == "crash":
+        raise RuntimeError("authorizer broke")
+    return {"isAuthorized": token == "let-me-in",
+            "context": {"user": "u-1", "calls": CALLS, "type": event["type"],
+                        "routeArn": event["routeArn"], "identity": event["identitySource"]}}
+"""
+
+
+def test_api_key_auth(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    admin.add_route("GET /secret", "echo", auth="api-key")
+    admin.add_route("GET /open", "echo")
+    created = admin.create_api_key("ci")
+    key = created["key"]
+    assert key.startswith("gk_") and created["hint"] == "…" + key[-4:]
+    assert http.get("/open").status_code == 200
+    for headers in ({}, {"x-api-key": "wrong"}, {"x-api-key": key[:-1]}):
+        response = http.get("/secret", headers=headers)
+        assert response.status_code == 403
+        assert response.json() == {"message": "Forbidden"}
+    event = echoed(http.get("/secret", headers={"x-api-key": key}))
+    assert event["requestContext"]["authorizer"] == {
+        "apiKey": {"keyId": created["key_id"], "name": "ci"}
+    }
+    # only the hash is kept, and listings never show the key
+    listed = admin.list_api_keys()
+    assert listed[0]["key_id"] == created["key_id"] and "key" not in listed[0]
+    # a key of another API does not open this one
+    admin.create_api("other", base_path="/other")
+    other = admin.create_api_key("x", api="other")["key"]
+    assert http.get("/secret", headers={"x-api-key": other}).status_code == 403
+    admin.delete_api_key(created["key_id"])
+    assert http.get("/secret", headers={"x-api-key": key}).status_code == 403
+
+
+def _signed(
+    server: RunningServer, method: str, path: str, service: str, body: bytes = b""
+) -> httpx.Response:
+    root = server.platform.root
+    url = server.endpoint + path
+    request = AWSRequest(method=method, url=url, data=body)
+    SigV4Auth(
+        Credentials(root.access_key_id, root.secret_access_key), service, server.settings.region
+    ).add_auth(request)
+    return httpx.request(method, url, content=body, headers=dict(request.headers.items()))
+
+
+def test_iam_auth(server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    admin.add_route("POST /iam/{id}", "echo", auth="iam")
+    unsigned = http.post("/iam/1", content=b"{}")
+    assert unsigned.status_code == 403
+    assert unsigned.json() == {"message": "Missing Authentication Token"}
+    event = echoed(_signed(server, "POST", "/iam/1", "execute-api", b'{"a": 1}'))
+    iam = event["requestContext"]["authorizer"]["iam"]
+    assert iam["accessKey"] == server.platform.root.access_key_id
+    assert iam["accountId"] == admin.whoami()["account_id"]
+    # no content-type: the body is passed as binary (base64), as AWS does
+    assert event["isBase64Encoded"] and base64.b64decode(event["body"]) == b'{"a": 1}'
+    # a signature that does not hold (the body changed after signing)
+    root = server.platform.root
+    request = AWSRequest(method="POST", url=server.endpoint + "/iam/1", data=b"one")
+    SigV4Auth(
+        Credentials(root.access_key_id, root.secret_access_key), "execute-api", "us-east-1"
+    ).add_auth(request)
+    tampered = httpx.post(
+        server.endpoint + "/iam/1", content=b"two", headers=dict(request.headers.items())
+    )
+    assert tampered.status_code == 403
+    assert "signature" in tampered.json()["message"].lower()
+    # unknown key
+    request = AWSRequest(method="POST", url=server.endpoint + "/iam/1", data=b"")
+    SigV4Auth(Credentials("AKIDUNKNOWN", "x"), "execute-api", "us-east-1").add_auth(request)
+    response = httpx.post(server.endpoint + "/iam/1", headers=dict(request.headers.items()))
+    assert response.status_code == 403
+
+
+@pytest.fixture
+def rsa_keys() -> tuple[Any, dict[str, Any]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    public_jwk.update({"kid": "k1", "alg": "RS256", "use": "sig"})
+    return private, {"keys": [public_jwk]}
+
+
+def _token(private: Any, **claims: Any) -> str:
+    body = {"iss": ISSUER, "aud": "my-app", "sub": "user-7", "exp": time.time() + 300, **claims}
+    return jwt.encode(body, private, algorithm="RS256", headers={"kid": "k1"})
+
+
+@pytest.fixture
+def jwks_server(rsa_keys: tuple[Any, dict[str, Any]]) -> Iterator[tuple[str, list[int]]]:
+    document = json.dumps(rsa_keys[1]).encode()
+    hits: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(1)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(document)))
+            self.end_headers()
+            self.wfile.write(document)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/.well-known/jwks.json", hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_jwt_auth_with_static_keys_and_jwks_url(
+    deploy: Deploy,
+    admin: Client,
+    http: httpx.Client,
+    rsa_keys: tuple[Any, dict[str, Any]],
+    jwks_server: tuple[str, list[int]],
+) -> None:
+    private, jwks = rsa_keys
+    url, hits = jwks_server
+    deploy("echo")
+    spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"]}
+    admin.add_route("GET /static", "echo", auth={**spec, "jwks": jwks})
+    admin.add_route("GET /remote", "echo", auth={**spec, "jwks_url": url})
+    admin.add_route("GET /scoped", "echo", auth={**spec, "jwks": jwks, "scopes": ["write"]})
+
+    good = _token(private, scope="read write", groups=["a", "b"], n=3)
+    for path in ("/static", "/remote"):
+        event = echoed(http.get(path, headers={"Authorization": f"Bearer {good}"}))
+        claims = event["requestContext"]["authorizer"]["jwt"]["claims"]
+        assert claims["sub"] == "user-7" and claims["iss"] == ISSUER
+        assert claims["groups"] == "[a b]" and claims["n"] == "3"
+        assert event["requestContext"]["authorizer"]["jwt"]["scopes"] == ["read", "write"]
+    # the JWKS is fetched once and cached
+    echoed(http.get("/remote", headers={"Authorization": good}))
+    assert len(hits) == 1
+    assert echoed(http.get("/scoped", headers={"Authorization": f"Bearer {good}"}))
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bad_tokens = [
+        "",
+        "Bearer",
+        "Bearer not.a.jwt",
+        f"Bearer {_token(private, exp=time.time() - 10)}",
+        f"Bearer {_token(private, iss='https://evil.example')}",
+        f"Bearer {_token(private, aud='someone-else')}",
+        f"Bearer {_token(other_key)}",
+        "Bearer "
+        + jwt.encode({"iss": ISSUER, "aud": "my-app", "exp": time.time() + 60}, "s" * 32, "HS256"),
+    ]
+    for token in bad_tokens:
+        response = http.get("/static", headers={"Authorization": token} if token else {})
+        assert response.status_code == 401, token
+        assert response.json() == {"message": "Unauthorized"}
+    read_only = _token(private, scope="read")
+    response = http.get("/scoped", headers={"Authorization": f"Bearer {read_only}"})
+    assert response.status_code == 403 and response.json() == {"message": "Forbidden"}
+
+
+def test_lambda_authorizer_with_cache(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    admin.add_route(
+        "GET /cached/{id}",
+        "echo",
+        auth={
+            "kind": "lambda:authz",
+            "identity_source": ["$request.header.Authorization"],
+            "ttl_s": 60,
+        },
+    )
+    admin.add_route("GET /uncached", "echo", auth={"kind": "lambda:authz", "ttl_s": 0})
+
+    missing = http.get("/cached/1")
+    assert missing.status_code == 401 and missing.json() == {"message": "Unauthorized"}
+    first = echoed(http.get("/cached/1", headers={"Authorization": "let-me-in"}))
+    context = first["requestContext"]["authorizer"]["lambda"]
+    assert context["user"] == "u-1" and context["type"] == "REQUEST"
+    assert context["identity"] == ["let-me-in"]
+    api_id = first["requestContext"]["apiId"]
+    assert context["routeArn"].endswith(f":{api_id}/$default/GET/cached/{{id}}")
+    # the same identity within the TTL is answered from the cache (same `calls`)
+    second = echoed(http.get("/cached/2", headers={"Authorization": "let-me-in"}))
+    assert second["requestContext"]["authorizer"]["lambda"]["calls"] == context["calls"]
+    denied = http.get("/cached/1", headers={"Authorization": "nope"})
+    assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}
+    # without caching every request asks the authorizer again
+    a = echoed(http.get("/uncached", headers={"Authorization": "let-me-in"}))
+    b = echoed(http.get("/uncached", headers={"Authorization": "let-me-in"}))
+    calls = [e["requestContext"]["authorizer"]["lambda"]["calls"] for e in (a, b)]
+    assert calls[1] == calls[0] + 1
+    broken = http.get("/uncached", headers={"Authorization": "crash"})
+    assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
+    records = admin.invocations("authz", limit=20)
+    assert {r["trigger"] for r in records} == {"authorizer"}

@@ -1,0 +1,360 @@
+"""User routes over real HTTP: payload format 2.0, route matching, response mapping, bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from gureum.client import Client
+from gureum.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound
+from tests.conftest import RunningServer, free_port, make_zip
+from tests.gateway.routes.conftest import Deploy, echoed
+
+RETURNS = """
+import base64, json, time
+def handler(event, context):
+    kind = event.get("pathParameters", {}).get("kind")
+    if kind == "dict":
+        return {"hello": "world", "n": 1}
+    if kind == "string":
+        return "just text"
+    if kind == "number":
+        return 42
+    if kind == "structured":
+        return {"statusCode": 201, "headers": {"X-Custom": "yes", "Content-Type": "text/plain",
+                "X-Num": 7}, "cookies": ["a=1; Path=/", "b=2; HttpOnly"], "body": "created"}
+    if kind == "binary":
+        return {"statusCode": 200, "headers": {"content-type": "image/png"},
+                "isBase64Encoded": True, "body": base64.b64encode(bytes(range(256))).decode()}
+    if kind == "nobody":
+        return {"statusCode": 204}
+    if kind == "jsonbody":
+        return {"statusCode": 200, "body": {"not": "a string"}}
+    if kind == "badstatus":
+        return {"statusCode": "teapot", "body": "x"}
+    if kind == "badheader":
+        return {"statusCode": 200, "headers": {"x-evil": "a\\r\\nset-cookie: x=1"}, "body": "x"}
+    if kind == "crash":
+        raise RuntimeError("secret detail that must not leak")
+    if kind == "slow":
+        time.sleep(5)
+    return None
+"""
+
+
+def test_event_is_payload_format_2(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    admin.add_route("POST /items/{id}/{rest+}", "echo")
+    response = http.post(
+        "/items/a%20b/x/y%2Fz?b=2&a=1&a=two%20words&empty=",
+        content=b'{"not": "parsed',
+        headers=[
+            ("Content-Type", "application/json"),
+            ("X-Multi", "one"),
+            ("X-Multi", "two"),
+            ("Cookie", "s=1; t=2"),
+            ("User-Agent", "gw-test/1.0"),
+        ],
+    )
+    event = echoed(response)
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "POST /items/{id}/{rest+}"
+    assert event["rawPath"] == "/items/a%20b/x/y%2Fz"
+    assert event["rawQueryString"] == "b=2&a=1&a=two%20words&empty="
+    assert event["cookies"] == ["s=1", "t=2"]
+    assert event["headers"]["x-multi"] == "one,two"
+    assert event["headers"]["content-type"] == "application/json"
+    assert "cookie" not in event["headers"]
+    assert all(name == name.lower() for name in event["headers"])
+    assert event["queryStringParameters"] == {"b": "2", "a": "1,two words", "empty": ""}
+    assert event["pathParameters"] == {"id": "a b", "rest": "x/y/z"}
+    # the gateway forwards what it should not parse, byte for byte
+    assert event["body"] == '{"not": "parsed'
+    assert event["isBase64Encoded"] is False
+    assert "stageVariables" not in event
+    context = event["requestContext"]
+    assert context["accountId"] == admin.whoami()["account_id"]
+    assert context["apiId"] and context["domainName"] == "127.0.0.1"
+    assert context["domainPrefix"] == "127"
+    assert context["http"] == {
+        "method": "POST",
+        "path": "/items/a%20b/x/y%2Fz",
+        "protocol": "HTTP/1.1",
+        "sourceIp": "127.0.0.1",
+        "userAgent": "gw-test/1.0",
+    }
+    assert context["requestId"] == response.headers["x-request-id"]
+    assert context["routeKey"] == "POST /items/{id}/{rest+}"
+    assert context["stage"] == "$default"
+    assert abs(context["timeEpoch"] / 1000 - time.time()) < 60
+    assert time.strftime("/%Y:", time.gmtime()) in context["time"]
+    assert context["time"].endswith(" +0000")
+    assert "authorizer" not in context
+
+
+def test_binary_and_empty_bodies(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    admin.add_route("ANY /upload", "echo")
+    raw = bytes(range(256))
+    event = echoed(http.put("/upload", content=raw, headers={"content-type": "image/png"}))
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == raw
+    # declared text, but not UTF-8: base64 too, so nothing is lost
+    event = echoed(http.put("/upload", content=b"\xff\xfe", headers={"content-type": "text/plain"}))
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == b"\xff\xfe"
+    event = echoed(http.get("/upload"))
+    assert "body" not in event and event["isBase64Encoded"] is False
+    assert "queryStringParameters" not in event and "pathParameters" not in event
+    assert "cookies" not in event
+
+
+def test_most_specific_route_wins(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    for key in (
+        "GET /pets",
+        "ANY /pets",
+        "GET /pets/{id}",
+        "GET /pets/dog/{id}",
+        "GET /pets/dog/1",
+        "GET /pets/{proxy+}",
+        "ANY /{proxy+}",
+        "GET /",
+        "$default",
+    ):
+        admin.add_route(key, "echo")
+
+    def key_for(method: str, path: str) -> str:
+        return str(echoed(http.request(method, path))["routeKey"])
+
+    assert key_for("GET", "/pets") == "GET /pets"
+    assert key_for("POST", "/pets") == "ANY /pets"
+    assert key_for("GET", "/pets/7") == "GET /pets/{id}"
+    assert key_for("GET", "/pets/dog/2") == "GET /pets/dog/{id}"
+    assert key_for("GET", "/pets/dog/1") == "GET /pets/dog/1"
+    assert key_for("GET", "/pets/cat/1/toys") == "GET /pets/{proxy+}"
+    assert key_for("DELETE", "/pets/7") == "ANY /{proxy+}"
+    assert key_for("GET", "/") == "GET /"
+    assert key_for("POST", "/") == "$default"
+    event = echoed(http.get("/pets/cat/1/toys"))
+    assert event["pathParameters"] == {"proxy": "cat/1/toys"}
+
+
+def test_unknown_routes_and_wrong_methods_are_404(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("echo")
+    admin.add_route("GET /only-get", "echo")
+    for method, path in (("POST", "/only-get"), ("GET", "/only-get/more"), ("GET", "/nothing")):
+        response = http.request(method, path)
+        assert response.status_code == 404
+        assert response.json() == {"message": "Not Found"}
+        uuid.UUID(response.headers["x-request-id"])
+    assert http.get("/only-get").status_code == 200
+
+
+def test_response_mapping(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("returns", RETURNS)
+    admin.add_route("GET /r/{kind}", "returns")
+
+    plain = http.get("/r/dict")
+    assert plain.status_code == 200
+    assert plain.headers["content-type"] == "application/json"
+    assert plain.json() == {"hello": "world", "n": 1}
+    text = http.get("/r/string")
+    assert (text.status_code, text.text, text.headers["content-type"]) == (
+        200,
+        '"just text"',
+        "application/json",
+    )
+    assert http.get("/r/number").text == "42"
+    assert http.get("/r/none").text == "null"
+
+    structured = http.get("/r/structured")
+    assert structured.status_code == 201 and structured.text == "created"
+    assert structured.headers["x-custom"] == "yes" and structured.headers["x-num"] == "7"
+    assert structured.headers["content-type"] == "text/plain"
+    assert structured.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; HttpOnly"]
+    binary = http.get("/r/binary")
+    assert binary.content == bytes(range(256))
+    assert binary.headers["content-type"] == "image/png"
+    empty = http.get("/r/nobody")
+    assert empty.status_code == 204 and empty.content == b""
+    assert http.get("/r/jsonbody").json() == {"not": "a string"}
+
+
+@pytest.mark.parametrize("kind", ["crash", "badstatus", "badheader"])
+def test_function_errors_and_malformed_responses_are_500(
+    kind: str, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("returns", RETURNS)
+    admin.add_route("GET /r/{kind}", "returns")
+    response = http.get(f"/r/{kind}")
+    assert response.status_code == 500
+    assert response.json() == {"message": "Internal Server Error"}
+    assert "secret" not in response.text and "set-cookie" not in response.headers
+    assert response.headers["x-request-id"]
+
+
+def test_function_timeout_is_500_integration_timeout_is_504(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("returns", RETURNS, timeout_s=1)
+    admin.add_route("GET /r/{kind}", "returns")
+    response = http.get("/r/slow")
+    assert response.status_code == 500
+    assert response.json() == {"message": "Internal Server Error"}
+
+    deploy("slowfn", RETURNS, timeout_s=10)
+    admin.add_route("GET /s/{kind}", "slowfn", timeout_ms=300)
+    started = time.monotonic()
+    response = http.get("/s/slow")
+    assert response.status_code == 504
+    assert response.json() == {"message": "Gateway Timeout"}
+    assert time.monotonic() - started < 3
+    assert http.get("/s/dict").json() == {"hello": "world", "n": 1}
+    # the timed-out invocation still runs to its end (and is recorded), on its own instance
+    deadline = time.monotonic() + 15
+    while len(admin.invocations("slowfn")) < 2:
+        assert time.monotonic() < deadline, "the timed-out invocation never finished"
+        time.sleep(0.1)
+    assert {r["status"] for r in admin.invocations("slowfn")} == {"success"}
+
+
+def test_routes_to_versions_and_aliases(
+    deploy: Deploy, admin: Client, http: httpx.Client, lam: object
+) -> None:
+    deploy("ver", "def handler(event, context):\n    return {'v': context.function_version}\n")
+    admin.publish_version("ver")
+    admin.update_function_code(
+        "ver",
+        make_zip({"app.py": "def handler(e, c):\n    return {'v': 'new ' + c.function_version}\n"}),
+    )
+    admin.create_alias("ver", "live", "1")
+    admin.add_route("GET /latest", "ver")
+    admin.add_route("GET /one", "ver:1")
+    admin.add_route("GET /live", "ver:live")
+    assert http.get("/latest").json() == {"v": "new $LATEST"}
+    assert http.get("/one").json() == {"v": "1"}
+    assert http.get("/live").json() == {"v": "1"}
+
+
+def test_bad_input_gets_clear_answers(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("echo")
+    admin.add_route("ANY /{proxy+}", "echo")
+    for path in ("/bad%zzescape", "/bad%C3", "/trailing%"):
+        response = http.get(path)
+        assert response.status_code == 400, path
+        assert response.json() == {"message": "Bad Request"}
+    # a body over 6 MB
+    response = http.post("/big", content=b"x" * (6 * 1024 * 1024 + 1))
+    assert response.status_code == 413
+    assert response.json() == {"message": "Request Entity Too Large"}
+    # more than 10 KB of headers, as AWS's HTTP APIs refuse them
+    huge = http.get("/h", headers={"x-huge": "a" * 20_000})
+    assert huge.status_code == 431
+    assert huge.json() == {"message": "Request Header Fields Too Large"}
+    # malformed HTTP on a raw socket: an error status, and the server keeps serving
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GARBAGE / HTTP/9.9\r\n\r\n")
+        reply = sock.recv(1024)
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 400")
+    assert echoed(http.get("/still/alive"))["pathParameters"] == {"proxy": "still/alive"}
+
+
+def test_platform_apis_keep_working_beside_user_routes(
+    deploy: Deploy, admin: Client, http: httpx.Client, lam: object
+) -> None:
+    deploy("echo")
+    # unsigned requests to the platform's own paths still get the platform's answer …
+    response = http.post("/2015-03-31/functions/echo/invocations", content=b"{}")
+    assert response.status_code == 403
+    assert response.json()["code"] == "MissingAuthenticationTokenException"
+    # … until a user route claims them; signed Lambda calls are never user routes
+    admin.add_route("$default", "echo")
+    assert echoed(http.post("/2015-03-31/functions/echo/invocations"))["routeKey"] == "$default"
+    result = lam.invoke(FunctionName="echo", Payload=b'{"direct": true}')  # type: ignore[attr-defined]
+    assert result["StatusCode"] == 200
+    assert admin.invoke("echo", b"{}").status == 200
+
+
+def test_route_management_validation(deploy: Deploy, admin: Client) -> None:
+    deploy("echo")
+    for bad in (
+        "GET hello",
+        "FETCH /x",
+        "GET /a/{p+}/b",
+        "GET /a/{x}/{x}",
+        "GET /a b",
+        "GET /v1/x",
+    ):
+        with pytest.raises(InvalidParameterValue):
+            admin.add_route(bad, "echo")
+    with pytest.raises(ResourceNotFound):
+        admin.add_route("GET /x", "missing")
+    with pytest.raises(ResourceNotFound):
+        admin.add_route("GET /x", "echo:7")
+    with pytest.raises(InvalidParameterValue):
+        admin.add_route("GET /x", "echo", auth="magic")
+    with pytest.raises(InvalidParameterValue):
+        admin.add_route("GET /x", "echo", rate_limit=5)
+    with pytest.raises(InvalidParameterValue):
+        admin.add_route("GET /x", "echo", timeout_ms=40_000)
+    route = admin.add_route("get /x", "echo")
+    assert route["route_key"] == "GET /x"
+    with pytest.raises(ResourceConflict):
+        admin.add_route("GET /x", "echo")
+    assert [r["route_key"] for r in admin.list_routes()] == ["GET /x"]
+    admin.remove_route("GET /x")
+    with pytest.raises(ResourceNotFound):
+        admin.remove_route("GET /x")
+    route = admin.add_route("GET /y", "echo")
+    admin.remove_route(route["route_id"])
+    assert admin.list_routes() == []
+    with pytest.raises(ResourceConflict):
+        admin.create_api("default")
+    admin.create_api("shop", base_path="/shop")
+    with pytest.raises(ResourceConflict):
+        admin.create_api("shop2", base_path="/shop/")
+    for settings in (
+        {"base_path": "shop"},
+        {"base_path": "/v1"},
+        {"host": "a b"},
+        {"stage": "a/b"},
+    ):
+        with pytest.raises(InvalidParameterValue):
+            admin.create_api("other", **settings)
+
+
+def test_routes_survive_a_restart(server_factory: Callable[..., RunningServer]) -> None:
+    first = server_factory()
+    root = first.platform.root
+    with Client(first.endpoint, root.access_key_id, root.secret_access_key) as admin:
+        code = make_zip({"app.py": "def handler(e, c):\n    return 1\n"})
+        admin.create_function("echo", code, "app.handler")
+        admin.create_api("shop", base_path="/shop", cors={"allow_origins": ["*"]})
+        admin.add_route("GET /n", "echo", api="shop", auth="api-key")
+        key = admin.create_api_key("k1", api="shop")["key"]
+    first.stop()
+    second = server_factory(port=free_port())
+    response = httpx.get(second.endpoint + "/shop/n", headers={"x-api-key": key})
+    assert response.status_code == 200 and response.text == "1"
+    assert httpx.get(second.endpoint + "/shop/n").status_code == 403
+
+
+def test_lambda_client_error_shape_unchanged_for_signed_unknown_paths(
+    server: RunningServer, lam: object
+) -> None:
+    with pytest.raises(ClientError):
+        lam.get_function(FunctionName="nope")  # type: ignore[attr-defined]
+    assert json.loads(httpx.get(server.endpoint + "/healthz").text) == {"status": "ok"}

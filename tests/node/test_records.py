@@ -1,0 +1,130 @@
+"""Invocation records: the log text, batching, durability on close, queries, every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gureum.node import records
+from gureum.node.records import InvocationLog, InvocationRecord, InvocationRecorder
+from gureum.store import Database
+
+ACCOUNT = "123456789012"
+
+
+def _log(request_id: str = "req-1", **changes: object) -> InvocationLog:
+    fields: dict[str, object] = {
+        "run_ms": 1.234,
+        "billed_ms": 2,
+        "memory_mb": 128,
+        "max_memory_mb": 20,
+        "init_ms": 0.0,
+        "cold": False,
+        **changes,
+    }
+    init_log = fields.pop("init_log", b"")
+    output = fields.pop("output", b"hello\n")
+    assert isinstance(init_log, bytes) and isinstance(output, bytes)
+    return InvocationLog(request_id, "$LATEST", init_log, output, **fields)  # type: ignore[arg-type]
+
+
+def _record(
+    request_id: str, log: InvocationLog | None = None, **changes: object
+) -> InvocationRecord:
+    record = InvocationRecord(
+        request_id=request_id,
+        account_id=ACCOUNT,
+        function_name="f",
+        version="$LATEST",
+        trigger="sync",
+        started_at=time.time(),
+        ended_at=time.time(),
+        queue_ms=0.5,
+        init_ms=0.0,
+        run_ms=1.234,
+        billed_ms=2,
+        memory_mb=128,
+        max_memory_mb=20,
+        gb_seconds=2 / 1000 * 128 / 1024,
+        cold=False,
+        status="success",
+        error_type=None,
+        log=log or _log(request_id),
+    )
+    return record._replace(**changes)
+
+
+def test_log_text_is_aws_shaped() -> None:
+    warm = _log(output=b"no newline")
+    assert warm.text == (
+        "START RequestId: req-1 Version: $LATEST\nno newline\nEND RequestId: req-1\n"
+        "REPORT RequestId: req-1\tDuration: 1.23 ms\tBilled Duration: 2 ms\t"
+        "Memory Size: 128 MB\tMax Memory Used: 20 MB\t\n"
+    )
+    cold = _log(cold=True, init_ms=45.678, init_log=b"init\n", output=b"")
+    assert cold.text == (
+        "START RequestId: req-1 Version: $LATEST\ninit\nEND RequestId: req-1\n"
+        "REPORT RequestId: req-1\tDuration: 1.23 ms\tBilled Duration: 2 ms\t"
+        "Memory Size: 128 MB\tMax Memory Used: 20 MB\tInit Duration: 45.68 ms\t\n"
+    )
+    assert _log(output=b"bad \xff byte\n").text.count("bad \ufffd byte\n") == 1
+    assert str(warm) is warm.text  # composed once
+
+
+def test_records_are_written_in_batches_and_queryable(database_url: str) -> None:
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        recorder = InvocationRecorder(db)
+        recorder.start()
+        try:
+            cold = _record("req-cold", cold=True, status="error", error_type="ValueError")
+            recorder.add(cold)
+            for n in range(5):
+                recorder.add(_record(f"req-{n}"))
+            rows = await recorder.query(ACCOUNT, "f", limit=100, newest_first=False, with_log=True)
+            assert [r["request_id"] for r in rows] == ["req-cold"] + [f"req-{n}" for n in range(5)]
+            first = rows[0]
+            assert first["cold"] is True and first["status"] == "error"
+            assert first["error_type"] == "ValueError"
+            assert first["log"] == cold.log.text
+            assert {k: first[k] for k in cold.to_public()} == cold.to_public()
+            assert rows[1]["cold"] is False
+            assert await recorder.query(ACCOUNT, request_id="req-3") != []
+            assert await recorder.query("999999999999") == []
+        finally:
+            await recorder.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_records_are_flushed_in_the_background_and_on_close(database_url: str) -> None:
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        recorder = InvocationRecorder(db)
+        recorder.start()
+        recorder.add(_record("req-background"))
+        await asyncio.sleep(records.FLUSH_INTERVAL_S * 4)
+        reader = InvocationRecorder(db)  # another reader: sees only what reached the store
+        assert [r["request_id"] for r in await reader.query(ACCOUNT)] == ["req-background"]
+        recorder.add(_record("req-at-close"))
+        await recorder.close()
+        await recorder.close()  # idempotent
+        assert len(await reader.query(ACCOUNT)) == 2
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_stored_log_keeps_the_tail(database_url: str) -> None:
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        recorder = InvocationRecorder(db)
+        big = _log("req-big", output=b"x" * (records.MAX_STORED_LOG + 100) + b"\n")
+        recorder.add(_record("req-big", log=big))
+        rows = await recorder.query(ACCOUNT, with_log=True)
+        assert rows[0]["log"] == big.text[-records.MAX_STORED_LOG :]
+        await recorder.close()
+        await db.close()
+
+    asyncio.run(scenario())

@@ -1,0 +1,146 @@
+"""Multipart uploads through boto3: create, upload parts, list, complete (ETag -N), abort."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from tests.conftest import RunningServer
+
+MIB = 1024 * 1024
+
+
+def multipart_etag(parts: list[bytes]) -> str:
+    digest = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in parts)).hexdigest()
+    return f'"{digest}-{len(parts)}"'
+
+
+def blob_count(server: RunningServer) -> int:
+    return sum(
+        1 for p in (server.settings.data_dir / "objects" / "blobs").rglob("*") if p.is_file()
+    )
+
+
+def test_multipart_lifecycle(server: RunningServer, s3: Any, bucket: str) -> None:
+    parts = [os.urandom(5 * MIB), os.urandom(5 * MIB), b"tail"]
+    upload = s3.create_multipart_upload(
+        Bucket=bucket, Key="big/file.bin", ContentType="application/x-test", Metadata={"m": "1"}
+    )
+    upload_id = upload["UploadId"]
+    listed = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in listed] == [("big/file.bin", upload_id)]
+    etags = []
+    for number, data in enumerate(parts, start=1):
+        out = s3.upload_part(
+            Bucket=bucket, Key="big/file.bin", UploadId=upload_id, PartNumber=number, Body=data
+        )
+        etags.append(out["ETag"])
+    # re-uploading a part replaces it
+    etags[2] = s3.upload_part(
+        Bucket=bucket, Key="big/file.bin", UploadId=upload_id, PartNumber=3, Body=b"tail"
+    )["ETag"]
+    listed_parts = s3.list_parts(Bucket=bucket, Key="big/file.bin", UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in listed_parts] == [
+        (1, 5 * MIB),
+        (2, 5 * MIB),
+        (3, 4),
+    ]
+    page = s3.list_parts(Bucket=bucket, Key="big/file.bin", UploadId=upload_id, MaxParts=2)
+    assert page["IsTruncated"] and page["NextPartNumberMarker"] == 2
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="big/file.bin",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]},
+    )
+    assert done["ETag"] == multipart_etag(parts)
+    got = s3.get_object(Bucket=bucket, Key="big/file.bin")
+    assert got["Body"].read() == b"".join(parts)
+    assert got["ContentType"] == "application/x-test" and got["Metadata"] == {"m": "1"}
+    assert got["ETag"] == multipart_etag(parts)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert blob_count(server) == 1  # parts were freed
+    with pytest.raises(ClientError) as exc:
+        s3.list_parts(Bucket=bucket, Key="big/file.bin", UploadId=upload_id)
+    assert exc.value.response["Error"]["Code"] == "NoSuchUpload"
+
+
+def test_multipart_errors(server: RunningServer, s3: Any, bucket: str) -> None:
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    small = [
+        s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=n, Body=b"tiny")[
+            "ETag"
+        ]
+        for n in (1, 2)
+    ]
+
+    def complete(parts: list[dict[str, Any]]) -> str:
+        with pytest.raises(ClientError) as exc:
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        return str(exc.value.response["Error"]["Code"])
+
+    assert (
+        complete([{"PartNumber": 1, "ETag": small[0]}, {"PartNumber": 2, "ETag": small[1]}])
+        == "EntityTooSmall"
+    )
+    assert (
+        complete([{"PartNumber": 2, "ETag": small[1]}, {"PartNumber": 1, "ETag": small[0]}])
+        == "InvalidPartOrder"
+    )
+    assert (
+        complete([{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]) == "InvalidPart"
+    )
+    assert complete([{"PartNumber": 3, "ETag": small[0]}]) == "InvalidPart"
+    for number in (0, 10001):
+        with pytest.raises(ClientError) as exc:
+            s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=number, Body=b"x")
+        assert exc.value.response["Error"]["Code"] == "InvalidArgument"
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part(Bucket=bucket, Key="k", UploadId="no-such-upload", PartNumber=1, Body=b"x")
+    assert exc.value.response["Error"]["Code"] == "NoSuchUpload"
+    # a single small part is fine: the last part may be small
+    ok = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="k",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": small[0]}]},
+    )
+    assert ok["ETag"] == multipart_etag([b"tiny"])
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"tiny"
+    assert blob_count(server) == 1
+
+
+def test_abort_frees_parts(server: RunningServer, s3: Any, bucket: str) -> None:
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"x" * 100)
+    assert blob_count(server) == 1
+    s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+    assert blob_count(server) == 0
+    with pytest.raises(ClientError) as exc:
+        s3.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+    assert exc.value.response["Error"]["Code"] == "NoSuchUpload"
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="k")
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+
+def test_boto3_transfer_manager(
+    server: RunningServer, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(12 * MIB + 5)
+    config = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    s3.upload_fileobj(io.BytesIO(data), bucket, "managed.bin", Config=config)
+    head = s3.head_object(Bucket=bucket, Key="managed.bin")
+    assert head["ContentLength"] == len(data) and head["ETag"].endswith('-3"')
+    target = tmp_path / "down.bin"
+    s3.download_file(bucket, "managed.bin", str(target), Config=config)  # ranged GETs
+    assert target.read_bytes() == data
