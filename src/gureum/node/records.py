@@ -151,6 +151,7 @@ class InvocationRecorder:
         self._buffer: list[InvocationRecord] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         # The insert, compiled once for this dialect: one executemany per batch, with no
         # per-row parameter processing (the values already have the driver's types).
         insert = invocations.insert().values(
@@ -173,6 +174,12 @@ class InvocationRecorder:
             self._wakeup.set()
 
     async def flush(self) -> None:
+        """Write every record added so far. Flushes are serialised, so a caller never returns
+        while an earlier batch (taken by the background writer) is still being committed."""
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             try:
