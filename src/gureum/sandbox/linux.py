@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import itertools
 import logging
@@ -35,8 +36,9 @@ from gureum.sandbox.libraries import OFFERED
 
 log = logging.getLogger(__name__)
 ZYGOTE = Path(__file__).resolve().parent.parent / "runtime" / "zygote.py"
-UID_BASE = 100_000  # each live instance runs as its own uid from this range
-UID_RANGE = 60_000
+UID_BASE = 100_000  # each live instance runs as its own uid from its server's block
+UID_RANGE = 10_000  # uids per block: the most instances one server runs at once
+UID_BLOCKS = 100_000  # blocks, picked by data dir, so servers on one host never share uids
 PIDS_MAX = 512
 MB = 1024 * 1024
 NETWORK_MODES = ("none", "platform", "internet")
@@ -110,6 +112,8 @@ class LinuxSandbox:
         self._ids = itertools.count(1)
         self._uids: set[int] = set()
         self._next_uid = 0
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).digest()
+        self.uid_base = UID_BASE + int.from_bytes(digest[:8], "big") % UID_BLOCKS * UID_RANGE
         self._start_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._api_server: asyncio.AbstractServer | None = None
@@ -291,7 +295,7 @@ class LinuxSandbox:
 
     def _allocate_uid(self) -> int:
         for _ in range(UID_RANGE):
-            uid = UID_BASE + self._next_uid
+            uid = self.uid_base + self._next_uid
             self._next_uid = (self._next_uid + 1) % UID_RANGE
             if uid not in self._uids:
                 self._uids.add(uid)
