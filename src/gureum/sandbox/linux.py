@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes.util
 import hashlib
 import importlib.util
 import itertools
@@ -53,6 +54,8 @@ def host_supports_linux_sandbox() -> tuple[bool, str]:
         return False, "needs root (user-namespace mode is not implemented yet)"
     if importlib.util.find_spec("pyseccomp") is None:
         return False, "the pyseccomp package is missing"
+    if ctypes.util.find_library("seccomp") is None:
+        return False, "libseccomp is not installed (Debian/Ubuntu: apt-get install libseccomp2)"
     if CgroupTree.detect() is None:
         return False, "no writable memory+pids+cpu cgroups"
     return True, "root, cgroups and seccomp available"
