@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.text import Text
 
@@ -181,7 +181,7 @@ def _read_payload(spec: str | None) -> bytes:
     if spec is None:
         return b"{}"
     if spec == "-":
-        raw = click.get_binary_stream("stdin").read()
+        raw = sys.stdin.buffer.read()
     elif spec.startswith("@"):
         try:
             raw = Path(spec[1:]).read_bytes()
