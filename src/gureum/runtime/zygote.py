@@ -176,6 +176,18 @@ def _finish_root(plan: dict[str, Any]) -> None:
     tmp = root + "/tmp"
     _mkdirs(tmp)
     _mount("gureum-tmp", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_mb']}m,mode=1777")
+    # a runtime installed under /tmp (a virtualenv in a CI checkout, say) goes on top of it
+    for source, target in plan["late_binds"]:
+        _bind(source, root + target)
+    for target in plan["late_hide"]:
+        if os.path.isdir(root + target):
+            _mount(
+                "gureum-hidden",
+                root + target,
+                "tmpfs",
+                MS_RDONLY | MS_NOSUID | MS_NODEV,
+                "size=4k,mode=0555",
+            )
     _mkdirs(root + "/etc")
     for name, content in plan["etc"].items():
         with open(f"{root}/etc/{name}", "w") as handle:

@@ -158,7 +158,17 @@ class LinuxSandbox:
                 hidden.add(str(lib.resolve()))
         bound = [target for _, target in binds]
         hide = sorted(h for h in hidden if any(h.startswith(b + "/") for b in bound))
-        return {"binds": binds, "symlinks": symlinks, "hide": hide}
+
+        def late(path: str) -> bool:  # under /tmp: must go on top of the instance's tmpfs
+            return path == "/tmp" or path.startswith("/tmp/")
+
+        return {
+            "binds": [b for b in binds if not late(b[1])],
+            "hide": [h for h in hide if not late(h)],
+            "late_binds": [b for b in binds if late(b[1])],
+            "late_hide": [h for h in hide if late(h)],
+            "symlinks": symlinks,
+        }
 
     async def _ensure_started(self) -> None:
         async with self._start_lock:
