@@ -1,8 +1,10 @@
-"""Bucket notifications: configuration, delivery to functions as S3 event records, filters,
-and recursion-loop stops — with real functions that use boto3 against Gureum's S3."""
+"""Bucket notifications: configuration, delivery to functions and queues as S3 event records,
+filters, and recursion-loop stops — with real functions that use boto3 against Gureum's S3,
+and the real boto3 `sqs` client."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -209,3 +211,158 @@ def test_recursion_loop_is_stopped_and_reported(server: RunningServer, lam: Any,
     # a fresh write by a person starts a new chain: it is delivered again
     s3.put_object(Bucket="loop", Key="again", Body=b"new chain")
     assert wait_for(lambda: "again+" in keys(s3, "loop"))
+
+
+def queue_config(arn: str, **extra: Any) -> dict[str, Any]:
+    return {"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], **extra}
+
+
+def test_queue_configuration_round_trip_and_validation(
+    server: RunningServer, s3: Any, bucket: str
+) -> None:
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    config = {
+        "QueueConfigurations": [
+            {
+                "Id": "to-queue",
+                "QueueArn": arn,
+                "Events": ["s3:ObjectCreated:Put", "s3:ObjectRemoved:*"],
+                "Filter": {
+                    "Key": {
+                        "FilterRules": [
+                            {"Name": "prefix", "Value": "in/"},
+                            {"Name": "suffix", "Value": ".csv"},
+                        ]
+                    }
+                },
+            }
+        ]
+    }
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    got = s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert got["QueueConfigurations"] == config["QueueConfigurations"]
+    assert got.get("LambdaFunctionConfigurations", []) == []
+
+    def refused(configuration: dict[str, Any]) -> dict[str, Any]:
+        with pytest.raises(ClientError) as exc:
+            s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration=configuration
+            )
+        return dict(exc.value.response["Error"])
+
+    unknown = refused({"QueueConfigurations": [queue_config(arn.replace("uploads", "nobody"))]})
+    assert unknown["Code"] == "InvalidArgument"
+    assert "Unable to validate the following destination configurations" in unknown["Message"]
+    other_region = arn.replace(server.settings.region, "xx-nowhere-1")
+    assert refused({"QueueConfigurations": [queue_config(other_region)]})["Code"] == (
+        "InvalidArgument"
+    )
+    assert refused({"QueueConfigurations": [queue_config("not-an-arn")]})["Code"] == (
+        "InvalidArgument"
+    )
+    bad_event = queue_config(arn, Events=["s3:ObjectExploded:*"])
+    assert refused({"QueueConfigurations": [bad_event]})["Code"] == "InvalidArgument"
+    fifo_url = sqs.create_queue(QueueName="uploads.fifo", Attributes={"FifoQueue": "true"})[
+        "QueueUrl"
+    ]
+    fifo_arn = sqs.get_queue_attributes(QueueUrl=fifo_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    assert refused({"QueueConfigurations": [queue_config(fifo_arn)]})["Code"] == ("InvalidArgument")
+    duplicate = [queue_config(arn, Id="same"), queue_config(arn, Id="same")]
+    assert refused({"QueueConfigurations": duplicate})["Code"] == "InvalidArgument"
+    # the accepted configuration is untouched by the refused ones
+    got = s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert got["QueueConfigurations"] == config["QueueConfigurations"]
+
+
+def test_events_reach_the_queue_with_aws_record_shape(
+    server: RunningServer, lam: Any, s3: Any
+) -> None:
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    function_arn = deploy(lam, "recorder", RECORDER)
+    s3.create_bucket(Bucket="uploads")
+    s3.create_bucket(Bucket="seen")
+    s3.put_bucket_notification_configuration(
+        Bucket="uploads",
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "Id": "csv-to-queue",
+                    "QueueArn": arn,
+                    "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:Delete"],
+                    "Filter": {
+                        "Key": {
+                            "FilterRules": [
+                                {"Name": "prefix", "Value": "in/"},
+                                {"Name": "suffix", "Value": ".csv"},
+                            ]
+                        }
+                    },
+                }
+            ],
+            "LambdaFunctionConfigurations": [
+                {"LambdaFunctionArn": function_arn, "Events": ["s3:ObjectCreated:*"]}
+            ],
+        },
+    )
+    got = s3.get_bucket_notification_configuration(Bucket="uploads")
+    assert [c["Id"] for c in got["QueueConfigurations"]] == ["csv-to-queue"]
+    assert len(got["LambdaFunctionConfigurations"]) == 1
+    s3.put_object(Bucket="uploads", Key="in/a report.csv", Body=b"1,2,3")
+    s3.put_object(Bucket="uploads", Key="out/b.csv", Body=b"ignored: prefix")
+    s3.put_object(Bucket="uploads", Key="in/c.txt", Body=b"ignored: suffix")
+    s3.delete_object(Bucket="uploads", Key="in/a report.csv")
+    # committed before the S3 answers: the messages are there at once, without waiting
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "2"
+    records = []
+    while len(records) < 2:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=5).get(
+            "Messages", []
+        )
+        assert messages, records
+        for message in messages:
+            body = json.loads(message["Body"])
+            assert list(body) == ["Records"] and len(body["Records"]) == 1
+            records.append(body["Records"][0])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    records.sort(key=lambda r: r["eventName"])
+    created, removed = records
+    assert created["eventName"] == "ObjectCreated:Put"
+    assert created["eventVersion"] == "2.1" and created["eventSource"] == "aws:s3"
+    assert created["awsRegion"] == server.settings.region
+    assert created["s3"]["configurationId"] == "csv-to-queue"
+    assert created["s3"]["bucket"]["name"] == "uploads"
+    obj = created["s3"]["object"]
+    assert obj["key"] == "in/a+report.csv" and obj["size"] == 5
+    assert obj["eTag"] == hashlib.md5(b"1,2,3").hexdigest() and obj["sequencer"]
+    assert removed["eventName"] == "ObjectRemoved:Delete"
+    assert removed["s3"]["object"]["key"] == "in/a+report.csv"
+    assert "size" not in removed["s3"]["object"]
+    # the function destination next to it still gets every creation
+    assert wait_for(lambda: len(keys(s3, "seen")) == 3), keys(s3, "seen")
+
+
+def test_a_deleted_queue_is_skipped(server: RunningServer, s3: Any, bucket: str) -> None:
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="short-lived")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [queue_config(arn)]}
+    )
+    sqs.delete_queue(QueueUrl=url)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"still stored")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"still stored"

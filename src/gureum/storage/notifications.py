@@ -1,10 +1,12 @@
 """Bucket notifications: configurations, matching, S3 event records, recursion-loop stops.
 
-A bucket's configuration lists Lambda destinations, each with event types
-(`s3:ObjectCreated:*`, `s3:ObjectRemoved:Delete` …) and optional key prefix/suffix filters.
-A matching change becomes one durable async invocation (`AsyncInvoker.enqueue`) whose payload
-is AWS's S3 event message, `{"Records": [...]}`, enqueued before the request that made the
-change is answered.
+A bucket's configuration lists destinations — Lambda functions and standard SQS queues — each
+with event types (`s3:ObjectCreated:*`, `s3:ObjectRemoved:Delete` …) and optional key
+prefix/suffix filters. A matching change becomes, per destination, one durable async
+invocation (`AsyncInvoker.enqueue`) or one queue message (`QueueStore.send`) whose payload is
+AWS's S3 event message, `{"Records": [...]}`, committed before the request that made the
+change is answered. A queue deleted after the configuration was accepted is skipped with a
+warning. FIFO queues are refused as destinations, as S3 refuses them.
 
 Recursion loops: a function that writes into a bucket that (directly or through other
 functions) triggers it again would run forever. Every write by a function's own credentials
@@ -13,6 +15,7 @@ deeper; a write by anyone else starts a new chain at depth 0. Once a chain reach
 `MAX_CHAIN_DEPTH` hops, like AWS (which stops after about 16), the event is not delivered:
 the stop is logged as a warning and kept in `Notifier.stops`. Chains are tracked in memory
 per process, and a function's chain is forgotten `CHAIN_WINDOW_S` after its last trigger.
+Queue deliveries are not bounded: whoever consumes the queue is unknown here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import quote_plus
 
-from gureum.errors import S3Error
+from gureum.errors import S3Error, SQSError
+from gureum.events.queue_store import QueueStore
+from gureum.events.queues import OutgoingMessage
 
 log = logging.getLogger(__name__)
 MAX_CHAIN_DEPTH = 16
@@ -49,8 +54,20 @@ _FUNCTION_ARN = re.compile(
     r"arn:aws:lambda:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):function:"
     r"(?P<name>[A-Za-z0-9_-]{1,64})(?::(?P<qualifier>[A-Za-z0-9$_-]{1,128}))?"
 )
+_QUEUE_ARN = re.compile(
+    r"arn:aws:sqs:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+    r"(?P<name>[A-Za-z0-9_-]{1,80}(?:\.fifo)?)"
+)
 # enqueue(account, function name, qualifier, payload) -> request id
 Enqueue = Callable[[str, str, str | None, bytes], Awaitable[str]]
+# send_to_queue(account, queue name, body) -> message id, or None when the queue is gone
+SendToQueue = Callable[[str, str, str], Awaitable[str | None]]
+
+
+def _matches(events: list[str], prefix: str, suffix: str, event_name: str, key: str) -> bool:
+    kind = event_name.rsplit(":", 1)[0] + ":*"
+    wanted = event_name in events or kind in events
+    return wanted and key.startswith(prefix) and key.endswith(suffix)
 
 
 @dataclass(frozen=True)
@@ -65,9 +82,7 @@ class LambdaTarget:
 
     def matches(self, event_name: str, key: str) -> bool:
         """Whether an event `s3:ObjectCreated:Put`-style name on `key` goes to this target."""
-        kind = event_name.rsplit(":", 1)[0] + ":*"
-        wanted = event_name in self.events or kind in self.events
-        return wanted and key.startswith(self.prefix) and key.endswith(self.suffix)
+        return _matches(self.events, self.prefix, self.suffix, event_name, key)
 
     @property
     def function(self) -> tuple[str, str, str | None]:
@@ -75,6 +90,30 @@ class LambdaTarget:
         match = _FUNCTION_ARN.fullmatch(self.function_arn)
         assert match is not None  # checked when the configuration was accepted
         return match["account"], match["name"], match["qualifier"]
+
+
+@dataclass(frozen=True)
+class QueueTarget:
+    """One QueueConfiguration (a standard SQS queue)."""
+
+    id: str
+    queue_arn: str
+    events: list[str]
+    prefix: str = ""
+    suffix: str = ""
+
+    def matches(self, event_name: str, key: str) -> bool:
+        """Whether an event `s3:ObjectCreated:Put`-style name on `key` goes to this target."""
+        return _matches(self.events, self.prefix, self.suffix, event_name, key)
+
+    @property
+    def queue(self) -> tuple[str, str]:
+        """(account, name) of the destination."""
+        _region, account, name = parse_queue_arn(self.queue_arn)
+        return account, name
+
+
+Target = LambdaTarget | QueueTarget
 
 
 @dataclass(frozen=True)
@@ -102,9 +141,26 @@ def parse_function_arn(arn: str) -> tuple[str, str, str, str | None]:
     return match["region"], match["account"], match["name"], match["qualifier"]
 
 
-def validate_target(target: LambdaTarget) -> None:
-    """Check events and filters (the function's existence is the caller's to check)."""
-    parse_function_arn(target.function_arn)
+def parse_queue_arn(arn: str) -> tuple[str, str, str]:
+    """(region, account, name) of an SQS queue ARN; InvalidArgument if not one."""
+    match = _QUEUE_ARN.fullmatch(arn)
+    if match is None:
+        raise S3Error(
+            "InvalidArgument",
+            f"Unable to validate the following destination configurations: {arn} is not an "
+            "SQS queue ARN",
+            ArgumentName=arn,
+        )
+    return match["region"], match["account"], match["name"]
+
+
+def validate_target(target: Target) -> None:
+    """Check the ARN's shape, events and filters (the destination's existence is the caller's
+    to check)."""
+    if isinstance(target, LambdaTarget):
+        parse_function_arn(target.function_arn)
+    else:
+        parse_queue_arn(target.queue_arn)
     if not target.events:
         raise S3Error("InvalidArgument", "A notification configuration needs at least one Event.")
     for event in target.events:
@@ -116,14 +172,18 @@ def validate_target(target: LambdaTarget) -> None:
             )
 
 
-def dump_targets(targets: list[LambdaTarget]) -> str:
+def dump_targets(targets: list[Target]) -> str:
     return json.dumps([asdict(t) for t in targets]) if targets else ""
 
 
-def load_targets(document: str) -> list[LambdaTarget]:
+def load_targets(document: str) -> list[Target]:
+    """Targets from `dump_targets`; queue targets are the items with a `queue_arn`."""
     if not document:
         return []
-    return [LambdaTarget(**item) for item in json.loads(document)]
+    return [
+        QueueTarget(**item) if "queue_arn" in item else LambdaTarget(**item)
+        for item in json.loads(document)
+    ]
 
 
 def new_target_id() -> str:
@@ -146,11 +206,28 @@ class ObjectEvent:
     region: str
 
 
+def queue_sender(queues: QueueStore) -> SendToQueue:
+    """Durable sends of S3 event messages to the standard queues of `queues`."""
+
+    async def send(account: str, name: str, body: str) -> str | None:
+        try:
+            queue = await queues.get_queue(account, name)
+        except SQSError:
+            log.warning("S3 notification to queue %s skipped: the queue is gone", name)
+            return None
+        [result] = await queues.send(queue, [OutgoingMessage(body)])
+        return result.message_id
+
+    return send
+
+
 @dataclass
 class Notifier:
-    """Turns object events into durable invocations (see the module docstring)."""
+    """Turns object events into durable invocations and queue messages (see the module
+    docstring)."""
 
     enqueue: Enqueue
+    send_to_queue: SendToQueue
     max_depth: int = MAX_CHAIN_DEPTH
     stops: deque[LoopStop] = field(default_factory=lambda: deque(maxlen=1000))
     _chains: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
@@ -163,8 +240,9 @@ class Notifier:
         depth, at = self._chains.get((event.account_id, writer), (0, 0.0))
         return depth + 1 if now - at <= CHAIN_WINDOW_S else 0
 
-    async def publish(self, targets: list[LambdaTarget], event: ObjectEvent) -> list[str]:
-        """Enqueue `event` for every matching target; return the async request ids."""
+    async def publish(self, targets: list[Target], event: ObjectEvent) -> list[str]:
+        """Deliver `event` to every matching target, durably; return the async request ids
+        and queue message ids."""
         matching = [t for t in targets if t.matches(event.event_name, event.key)]
         if not matching:
             return []
@@ -174,6 +252,12 @@ class Notifier:
         sequencer = f"{time.time_ns():016X}{self._sequence % 65536:04X}"
         ids = []
         for target in matching:
+            if isinstance(target, QueueTarget):
+                body = json.dumps({"Records": [event_record(event, target.id, sequencer)]})
+                message_id = await self.send_to_queue(*target.queue, body)
+                if message_id is not None:
+                    ids.append(message_id)
+                continue
             account, name, qualifier = target.function
             if depth >= self.max_depth:
                 stop = LoopStop(now, event.bucket, event.key, event.event_name, name, depth)

@@ -16,7 +16,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gureum.control.registry import Registry
-from gureum.errors import ResourceNotFound, S3Error
+from gureum.errors import ResourceNotFound, S3Error, SQSError
+from gureum.events.queue_store import QueueStore
 from gureum.iam.sigv4 import SecretLookup
 from gureum.platform import Platform
 from gureum.storage import s3_objects
@@ -24,16 +25,21 @@ from gureum.storage.catalog import Listing, ObjectCatalog, check_bucket_name, no
 from gureum.storage.notifications import (
     LambdaTarget,
     Notifier,
+    QueueTarget,
+    Target,
     dump_targets,
     load_targets,
     new_target_id,
     parse_function_arn,
+    parse_queue_arn,
+    queue_sender,
     validate_target,
 )
 from gureum.storage.objects import ObjectStore
 from gureum.storage.objects_fs import FileBlobStore
 from gureum.storage.s3_request import S3Request, iso_date
 from gureum.storage.s3_xml import (
+    Element,
     add,
     close_connection,
     document,
@@ -53,22 +59,26 @@ Operation = Callable[[S3Request, ObjectStore], Awaitable[Response]]
 class S3API:
     """Routes S3 requests to operations; renders every failure as S3's XML error."""
 
-    def __init__(self, store: ObjectStore, lookup: SecretLookup, registry: Registry) -> None:
+    def __init__(
+        self, store: ObjectStore, lookup: SecretLookup, registry: Registry, queues: QueueStore
+    ) -> None:
         self.store = store
         self.lookup = lookup
         self.registry = registry
+        self.queues = queues
 
     @classmethod
     def for_platform(cls, platform: Platform) -> S3API:
         """The S3 API over the platform's metadata store, with blobs in `<data dir>/objects`
-        and notifications through its durable async invoker."""
+        and notifications through its durable async invoker and queues."""
+        queues = platform.events.queues
         store = ObjectStore(
             ObjectCatalog(platform.db),
             FileBlobStore(platform.settings.data_dir / "objects"),
-            Notifier(platform.async_invoker.enqueue),
+            Notifier(platform.async_invoker.enqueue, queue_sender(queues)),
             platform.settings.region,
         )
-        return cls(store, platform.keyring, platform.registry)
+        return cls(store, platform.keyring, platform.registry, queues)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = None
@@ -301,9 +311,14 @@ class S3API:
         _check_owner(req, bucket.account_id, req.bucket)
         root = document("NotificationConfiguration")
         for target in load_targets(bucket.notification):
-            node = add(root, "CloudFunctionConfiguration")
-            add(node, "Id", target.id)
-            add(node, "CloudFunction", target.function_arn)
+            if isinstance(target, QueueTarget):
+                node = add(root, "QueueConfiguration")
+                add(node, "Id", target.id)
+                add(node, "Queue", target.queue_arn)
+            else:
+                node = add(root, "CloudFunctionConfiguration")
+                add(node, "Id", target.id)
+                add(node, "CloudFunction", target.function_arn)
             for event in target.events:
                 add(node, "Event", event)
             if target.prefix or target.suffix:
@@ -321,13 +336,13 @@ class S3API:
         root = parse(await req.small_body())
         if root.tag != "NotificationConfiguration":
             raise malformed()
-        targets: list[LambdaTarget] = []
+        targets: list[Target] = []
         for node in root:
-            if node.tag in ("QueueConfiguration", "TopicConfiguration"):
+            if node.tag == "TopicConfiguration":
                 raise S3Error(
                     "InvalidArgument",
-                    f"{node.tag} destinations are not supported yet; use "
-                    "LambdaFunctionConfigurations",
+                    "TopicConfiguration destinations are not supported yet; use "
+                    "LambdaFunctionConfigurations or QueueConfigurations",
                     ArgumentName=node.tag,
                 )
             if node.tag == "EventBridgeConfiguration":
@@ -336,6 +351,9 @@ class S3API:
                     "EventBridge destinations are not supported",
                     ArgumentName=node.tag,
                 )
+            if node.tag == "QueueConfiguration":
+                targets.append(await self._queue_target(req, node))
+                continue
             if node.tag != "CloudFunctionConfiguration":
                 raise malformed()
             targets.append(await self._lambda_target(req, node))
@@ -345,50 +363,86 @@ class S3API:
         await store.catalog.set_notification(req.bucket, dump_targets(targets))
         return Response(b"", 200, headers={"x-amz-request-id": req.request_id})
 
-    async def _lambda_target(self, req: S3Request, node: object) -> LambdaTarget:
-        from xml.etree.ElementTree import Element
-
-        assert isinstance(node, Element)
+    async def _lambda_target(self, req: S3Request, node: Element) -> LambdaTarget:
         arn = (text(node, "CloudFunction") or "").strip()
         _region, account, name, qualifier = parse_function_arn(arn)
-        prefix = suffix = ""
-        seen: set[str] = set()
-        for rule in node.findall("Filter/S3Key/FilterRule"):
-            rule_name = (text(rule, "Name") or "").lower()
-            if rule_name not in ("prefix", "suffix") or rule_name in seen:
-                raise S3Error(
-                    "InvalidArgument",
-                    "Invalid filter rule name or a repeated rule.",
-                    ArgumentName="FilterRule",
-                )
-            seen.add(rule_name)
-            value = text(rule, "Value") or ""
-            if rule_name == "prefix":
-                prefix = value
-            else:
-                suffix = value
+        prefix, suffix = _key_filter(node)
         target = LambdaTarget(
             id=(text(node, "Id") or "").strip() or new_target_id(),
             function_arn=arn,
-            events=[(e.text or "").strip() for e in node.findall("Event")],
+            events=_events(node),
             prefix=prefix,
             suffix=suffix,
         )
         validate_target(target)
         if account != req.identity.account_id:
-            raise _unable_to_validate(arn)
+            raise _unable_to_validate(arn, "function")
         try:
             await self.registry.get_function(account, name, qualifier)
         except ResourceNotFound:
-            raise _unable_to_validate(arn) from None
+            raise _unable_to_validate(arn, "function") from None
+        return target
+
+    async def _queue_target(self, req: S3Request, node: Element) -> QueueTarget:
+        arn = (text(node, "Queue") or "").strip()
+        region, account, name = parse_queue_arn(arn)
+        prefix, suffix = _key_filter(node)
+        target = QueueTarget(
+            id=(text(node, "Id") or "").strip() or new_target_id(),
+            queue_arn=arn,
+            events=_events(node),
+            prefix=prefix,
+            suffix=suffix,
+        )
+        validate_target(target)
+        # S3 delivers only to queues in the bucket's own region
+        if account != req.identity.account_id or region != self.store.region:
+            raise _unable_to_validate(arn, "queue")
+        try:
+            queue = await self.queues.get_queue(account, name)
+        except SQSError:
+            raise _unable_to_validate(arn, "queue") from None
+        if queue.fifo:
+            raise S3Error(
+                "InvalidArgument",
+                "Unable to validate the following destination configurations: "
+                f"{arn} is a FIFO queue; S3 notifications go to standard queues only",
+                ArgumentName=arn,
+                ArgumentValue="FIFO queues are not supported",
+            )
         return target
 
 
-def _unable_to_validate(arn: str) -> S3Error:
+def _events(node: Element) -> list[str]:
+    return [(e.text or "").strip() for e in node.findall("Event")]
+
+
+def _key_filter(node: Element) -> tuple[str, str]:
+    """(prefix, suffix) of a configuration's `Filter/S3Key` rules ('' when absent)."""
+    prefix = suffix = ""
+    seen: set[str] = set()
+    for rule in node.findall("Filter/S3Key/FilterRule"):
+        rule_name = (text(rule, "Name") or "").lower()
+        if rule_name not in ("prefix", "suffix") or rule_name in seen:
+            raise S3Error(
+                "InvalidArgument",
+                "Invalid filter rule name or a repeated rule.",
+                ArgumentName="FilterRule",
+            )
+        seen.add(rule_name)
+        value = text(rule, "Value") or ""
+        if rule_name == "prefix":
+            prefix = value
+        else:
+            suffix = value
+    return prefix, suffix
+
+
+def _unable_to_validate(arn: str, kind: str) -> S3Error:
     return S3Error(
         "InvalidArgument",
         f"Unable to validate the following destination configurations: {arn} (no such "
-        "function in this account)",
+        f"{kind} in this account)",
         ArgumentName=arn,
         ArgumentValue="Not found",
     )
