@@ -227,9 +227,16 @@ class InstancePool:
             self._instances += 1
             try:
                 instance = await Instance.start(self.sandbox, make_spec())
-            except Exception as exc:
+            except BaseException as exc:
                 self._instances -= 1
+                if not isinstance(exc, Exception):
+                    raise
                 log.warning("could not pre-warm %s: %s", "/".join(version_key[:3]), exc)
+                return
+            if pool.stale or self._closed or self._versions.get(version_key) is not pool:
+                # retired or shut down while it started: nobody would ever close it
+                self._instances -= 1
+                await instance.close()
                 return
             pool.idle.append(instance)
 

@@ -242,6 +242,7 @@ class Instance:
         finally:
             child_sock.close()
             os.close(log_write)
+        log_transport: asyncio.ReadTransport | None = None
         try:
             log_transport, logs = await loop.connect_read_pipe(
                 _LogCollector, os.fdopen(log_read, "rb", buffering=0)
@@ -250,6 +251,8 @@ class Instance:
         except BaseException:
             process.kill()
             parent_sock.close()
+            if log_transport is not None:
+                log_transport.close()
             raise
         instance = cls(spec, process, control, logs, log_transport)
         try:
