@@ -54,6 +54,47 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         time.sleep(0.1)
 
 
+def _kill_under_load_then_check(
+    server: subprocess.Popen[bytes],
+    send: Any,
+    data_dir: Path,
+    port: int,
+    marks: Path,
+    outcomes: tuple[set[str], set[str], set[str]],
+    at_least: int,
+) -> None:
+    """Run `send` on 6 threads, SIGKILL the server once `at_least` requests were accepted,
+    restart it, and check: every accepted one ran, no refused one did."""
+    accepted, rejected, unknown = outcomes
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(accepted) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    for thread in threads:
+        thread.join(60)
+    assert len(accepted) >= at_least and rejected
+
+    server = _start(data_dir, port)
+    try:
+
+        def ran() -> set[str]:
+            return {name.split(".", 1)[0] for name in os.listdir(marks)}
+
+        deadline = time.monotonic() + 90
+        while not accepted <= ran():
+            assert time.monotonic() < deadline, f"never ran: {sorted(accepted - ran())[:10]}"
+            time.sleep(0.2)
+        assert not ran() & rejected, "something ran for a refused request"
+        assert ran() <= accepted | unknown
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+
+
 def _client(port: int) -> Any:
     return boto3.client(
         "lambda",
@@ -102,33 +143,9 @@ def test_sigkill_during_async_load_loses_nothing(tmp_path: Path) -> None:
             with lock:
                 outcome.add(event_id)
 
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while len(accepted) < 120 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    server.send_signal(signal.SIGKILL)
-    server.wait(10)
-    for thread in threads:
-        thread.join(60)
-    assert len(accepted) >= 120 and rejected
-
-    server = _start(data_dir, port)
-    try:
-
-        def ran() -> set[str]:
-            return {name.split(".", 1)[0] for name in os.listdir(marks)}
-
-        deadline = time.monotonic() + 90
-        while not accepted <= ran():
-            assert time.monotonic() < deadline, f"never ran: {sorted(accepted - ran())[:10]}"
-            time.sleep(0.2)
-        assert not ran() & rejected, "an event ran for a refused request"
-        assert ran() <= accepted | unknown
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(30) == 0
+    _kill_under_load_then_check(
+        server, send, data_dir, port, marks, (accepted, rejected, unknown), at_least=120
+    )
 
 
 SQS_MARK = """
@@ -191,30 +208,6 @@ def test_sigkill_during_queue_load_loses_no_message(tmp_path: Path) -> None:
             with lock:
                 outcome.add(message_id)
 
-    threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + 30
-    while len(accepted) < 150 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    server.send_signal(signal.SIGKILL)
-    server.wait(10)
-    for thread in threads:
-        thread.join(60)
-    assert len(accepted) >= 150 and rejected
-
-    server = _start(data_dir, port)
-    try:
-
-        def ran() -> set[str]:
-            return {name.split(".", 1)[0] for name in os.listdir(marks)}
-
-        deadline = time.monotonic() + 90
-        while not accepted <= ran():
-            assert time.monotonic() < deadline, f"never ran: {sorted(accepted - ran())[:10]}"
-            time.sleep(0.2)
-        assert not ran() & rejected, "a refused message was delivered"
-        assert ran() <= accepted | unknown
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(30) == 0
+    _kill_under_load_then_check(
+        server, send, data_dir, port, marks, (accepted, rejected, unknown), at_least=150
+    )

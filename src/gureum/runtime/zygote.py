@@ -142,6 +142,14 @@ def _bind(source: str, target: str, writable: bool = False) -> None:
     _mount(None, target, None, flags)
 
 
+def _hide(path: str) -> None:
+    """Cover a directory with an empty read-only tmpfs (e.g. the host's site-packages)."""
+    if os.path.isdir(path):
+        _mount(
+            "gureum-hidden", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555"
+        )
+
+
 def _prepare_root(plan: dict[str, Any]) -> None:
     """Stage 1, function-independent: a tmpfs root with the runtime bound in, /dev, /proc."""
     root = plan["root"]
@@ -150,14 +158,7 @@ def _prepare_root(plan: dict[str, Any]) -> None:
     for source, target in plan["binds"]:
         _bind(source, root + target)
     for target in plan["hide"]:
-        if os.path.isdir(root + target):
-            _mount(
-                "gureum-hidden",
-                root + target,
-                "tmpfs",
-                MS_RDONLY | MS_NOSUID | MS_NODEV,
-                "size=4k,mode=0555",
-            )
+        _hide(root + target)
     for target, link in plan["symlinks"]:
         _mkdirs(os.path.dirname(root + link))
         os.symlink(target, root + link)
@@ -180,14 +181,7 @@ def _finish_root(plan: dict[str, Any]) -> None:
     for source, target in plan["late_binds"]:
         _bind(source, root + target)
     for target in plan["late_hide"]:
-        if os.path.isdir(root + target):
-            _mount(
-                "gureum-hidden",
-                root + target,
-                "tmpfs",
-                MS_RDONLY | MS_NOSUID | MS_NODEV,
-                "size=4k,mode=0555",
-            )
+        _hide(root + target)
     _mkdirs(root + "/etc")
     for name, content in plan["etc"].items():
         with open(f"{root}/etc/{name}", "w") as handle:
