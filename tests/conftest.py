@@ -10,7 +10,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class RunningServer:
     server: uvicorn.Server
     thread: threading.Thread
     loop: asyncio.AbstractEventLoop | None = None
+    clients: list[Any] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -56,8 +57,11 @@ class RunningServer:
         return self.app.platform
 
     def client(self, service: str = "lambda", **overrides: Any) -> Any:
+        """A real boto3 client for this server (root keys unless overridden). Every client
+        is kept and closed by `stop()`: one left to the garbage collector would finalise its
+        pooled socket in whichever later test is running, and `-W error` would fail it."""
         root = self.platform.root
-        return boto3.client(
+        client = boto3.client(
             service,
             endpoint_url=self.endpoint,
             region_name=self.settings.region,
@@ -66,8 +70,13 @@ class RunningServer:
             config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=60),
             **overrides,
         )
+        self.clients.append(client)
+        return client
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
         self.server.should_exit = True
         self.thread.join(timeout=30)
 

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import httpx
+import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
@@ -95,14 +97,26 @@ def _kill_under_load_then_check(
         assert server.wait(30) == 0
 
 
+_OPEN: list[Any] = []  # every client these tests make; closed after each test
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def _client(port: int) -> Any:
-    return boto3.client(
-        "lambda",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+    return _tracked(
+        boto3.client(
+            "lambda",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+        )
     )
 
 
@@ -157,14 +171,21 @@ def handler(event, context):
 """
 
 
+def _tracked(client: Any) -> Any:
+    _OPEN.append(client)
+    return client
+
+
 def _sqs(port: int) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+    return _tracked(
+        boto3.client(
+            "sqs",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            config=Config(retries={"max_attempts": 0}, connect_timeout=2, read_timeout=10),
+        )
     )
 
 
