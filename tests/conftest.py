@@ -4,23 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import socket
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 import uvicorn
 from botocore.config import Config
 
+from gureum.client import Client
 from gureum.gateway.app import GatewayApp
 from gureum.settings import Settings
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0) -> T:
+    """Poll until `predicate()` is truthy and return that value; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+    return found
+
+
+def read_marks(directory: Path) -> list[dict[str, Any]]:
+    """The JSON files test functions wrote into `directory` (skipping half-written ones)."""
+    found = []
+    for path in directory.glob("*.json"):
+        try:
+            found.append(json.loads(path.read_text()))
+        except ValueError:
+            continue  # being written
+    return found
 
 
 def make_zip(files: dict[str, str | bytes]) -> bytes:
@@ -45,7 +69,6 @@ class RunningServer:
     app: GatewayApp
     server: uvicorn.Server
     thread: threading.Thread
-    loop: asyncio.AbstractEventLoop | None = None
     clients: list[Any] = field(default_factory=list)
 
     @property
@@ -72,6 +95,16 @@ class RunningServer:
         )
         self.clients.append(client)
         return client
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run a coroutine on the server's own event loop (it lives in the server's thread)."""
+        loop = self.platform.recorder._task.get_loop()
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+    def sdk(self) -> Client:
+        """Gureum's own SDK client for this server, with the root keys."""
+        root = self.platform.root
+        return Client(self.endpoint, root.access_key_id, root.secret_access_key)
 
     def stop(self) -> None:
         for client in self.clients:

@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 
 from gureum.client import Client
-from tests.conftest import RunningServer, make_zip
+from tests.conftest import RunningServer, make_zip, wait_for
 
 FLAKY = """
 import json, os, uuid
@@ -22,13 +22,6 @@ def handler(event, context):
         raise RuntimeError("nope")
     return {"ok": event["id"]}
 """
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _runs(marks: Path, event_id: str) -> int:
@@ -50,11 +43,6 @@ def _deploy(lam: Any, name: str = "flaky") -> None:
         Handler="app.handler",
         Code={"ZipFile": make_zip({"app.py": FLAKY})},
     )
-
-
-def _client(server: RunningServer) -> Client:
-    root = server.platform.root
-    return Client(server.endpoint, root.access_key_id, root.secret_access_key)
 
 
 def test_event_invoke_config_crud(server: RunningServer, lam: Any) -> None:
@@ -175,7 +163,7 @@ def test_function_destination(server: RunningServer, lam: Any, marks: Path) -> N
         InvocationType="Event",
         Payload=json.dumps({"dir": str(marks), "id": "chain"}),
     )
-    _wait_for(lambda: (marks / "sink.record").exists())
+    wait_for(lambda: (marks / "sink.record").exists())
     time.sleep(0.2)
     record = json.loads((marks / "sink.record").read_text())
     assert record["requestContext"]["requestId"] == response["ResponseMetadata"]["RequestId"]
@@ -186,7 +174,7 @@ def test_function_destination(server: RunningServer, lam: Any, marks: Path) -> N
 def test_idempotency_key_dedupes(server: RunningServer, lam: Any, marks: Path) -> None:
     _deploy(lam)
     payload = json.dumps({"dir": str(marks), "id": "once"}).encode()
-    with _client(server) as client:
+    with server.sdk() as client:
         first = client.invoke_async("flaky", payload, idempotency_key="order-42")
         again = client.invoke_async("flaky", payload, idempotency_key="order-42")
         other = client.invoke_async("flaky", payload, idempotency_key="order-43")
@@ -204,7 +192,7 @@ def test_idempotency_key_dedupes(server: RunningServer, lam: Any, marks: Path) -
         for _ in range(3)
     }
     assert len(ids) == 1
-    _wait_for(lambda: _runs(marks, "once") == 3)
+    wait_for(lambda: _runs(marks, "once") == 3)
     time.sleep(0.5)
     assert _runs(marks, "once") == 3  # order-42 once, order-43 once, lambda-1 once
 
@@ -212,7 +200,7 @@ def test_idempotency_key_dedupes(server: RunningServer, lam: Any, marks: Path) -
 def test_dead_letters_are_listed_and_redriven(server: RunningServer, lam: Any, marks: Path) -> None:
     _deploy(lam)
     lam.put_function_event_invoke_config(FunctionName="flaky", MaximumRetryAttempts=1)
-    with _client(server) as client:
+    with server.sdk() as client:
         _redrive(client, marks)
 
 
@@ -220,11 +208,11 @@ def _redrive(client: Client, marks: Path) -> None:
     request_id = client.invoke_async(
         "flaky", json.dumps({"dir": str(marks), "id": "dead", "fail": 1}).encode()
     )
-    _wait_for(lambda: [e["request_id"] for e in client.events("failed")] == [request_id])
+    wait_for(lambda: [e["request_id"] for e in client.events("failed")] == [request_id])
     [dead] = client.events("failed")
     assert dead["attempts"] == 2 and "RuntimeError: nope" in dead["last_error"]
     assert _runs(marks, "dead") == 2
     assert client.redrive(request_id) == 1
-    _wait_for(lambda: _runs(marks, "dead") == 4)
-    _wait_for(lambda: len(client.events("failed")) == 1)
+    wait_for(lambda: _runs(marks, "dead") == 4)
+    wait_for(lambda: len(client.events("failed")) == 1)
     assert client.redrive() == 1

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import RunningServer, make_zip
+from tests.conftest import RunningServer, make_zip, wait_for
 
 FLAKY = """
 import json, os
@@ -24,24 +24,7 @@ def handler(event, context):
 
 def _events(server: RunningServer, state: str | None = None) -> list[dict[str, Any]]:
     platform = server.platform
-    account = platform.root.account_id
-    future = asyncio.run_coroutine_threadsafe(
-        platform.async_invoker.list_events(account, state, 1000), _loop(server)
-    )
-    return future.result(10)
-
-
-def _loop(server: RunningServer) -> asyncio.AbstractEventLoop:
-    # The server's event loop runs in its thread; the recorder's task belongs to it.
-    loop: asyncio.AbstractEventLoop = server.platform.recorder._task.get_loop()
-    return loop
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    return server.run(platform.async_invoker.list_events(platform.root.account_id, state, 1000))
 
 
 def _marks(tmp_path: Path) -> Path:
@@ -67,7 +50,7 @@ def test_event_retries_until_success(server: RunningServer, lam: Any, tmp_path: 
     response = lam.invoke(FunctionName="flaky", InvocationType="Event", Payload=json.dumps(payload))
     assert response["StatusCode"] == 202
     request_id = response["ResponseMetadata"]["RequestId"]
-    _wait_for(lambda: any(e["state"] == "succeeded" for e in _events(server)))
+    wait_for(lambda: any(e["state"] == "succeeded" for e in _events(server)))
     [event] = _events(server)
     assert event["request_id"] == request_id and event["attempts"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e1.0", "e1.1", "e1.2"]
@@ -80,7 +63,7 @@ def test_event_dead_lettered_after_max_attempts(
     tmp_path = _marks(tmp_path)
     payload = {"dir": str(tmp_path), "id": "e2", "fail_times": 99}
     lam.invoke(FunctionName="flaky", InvocationType="Event", Payload=json.dumps(payload))
-    _wait_for(lambda: bool(_events(server, "failed")))
+    wait_for(lambda: bool(_events(server, "failed")))
     [event] = _events(server, "failed")
     assert event["attempts"] == 3  # the first try and AWS's default 2 retries
     assert "RuntimeError: attempt 2 fails" in event["last_error"]
@@ -96,7 +79,7 @@ def test_event_for_deleted_function_fails_visibly(server: RunningServer, lam: An
     [event] = _events(server)
     assert event["state"] in ("pending", "running") and event["attempts"] == 0
     lam.delete_function(FunctionName="flaky")
-    _wait_for(lambda: bool(_events(server, "failed")))
+    wait_for(lambda: bool(_events(server, "failed")))
     [event] = _events(server, "failed")
     assert "Function not found" in event["last_error"]
 
@@ -122,7 +105,7 @@ def test_concurrent_enqueues_are_all_committed(
             )
         )
 
-    ids = asyncio.run_coroutine_threadsafe(burst(), _loop(server)).result(30)
+    ids = server.run(burst(), timeout=30)
     assert len(set(ids)) == 200
-    _wait_for(lambda: len(_events(server, "succeeded")) == 200, timeout=60)
+    wait_for(lambda: len(_events(server, "succeeded")) == 200, timeout=60)
     assert len(list(tmp_path.iterdir())) == 200

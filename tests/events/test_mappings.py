@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer, make_zip
+from tests.conftest import RunningServer, make_zip, wait_for
 
 # Records every record it gets (one file per delivery), fails the bodies asked to, and
 # answers with the batchItemFailures shape the test chose.
@@ -39,13 +39,6 @@ def _deploy(lam: Any, name: str = "consumer") -> None:
         Handler="app.handler",
         Code={"ZipFile": make_zip({"app.py": CONSUMER})},
     )
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _deliveries(marks: Path) -> dict[str, int]:
@@ -93,8 +86,8 @@ def test_mapping_delivers_sqs_events_and_deletes_them(
     assert created["FunctionArn"].endswith(":function:consumer")
     for i in range(20):
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"dir": str(marks), "id": f"m{i}"}))
-    _wait_for(lambda: len(_deliveries(marks)) == 21)
-    _wait_for(lambda: _count(sqs, url) == 0)
+    wait_for(lambda: len(_deliveries(marks)) == 21)
+    wait_for(lambda: _count(sqs, url) == 0)
     [path] = [p for p in marks.iterdir() if p.name.startswith("first.")]
     record = json.loads(path.read_text())
     assert record["eventSource"] == "aws:sqs" and record["eventSourceARN"] == arn
@@ -113,7 +106,7 @@ def test_mapping_delivers_sqs_events_and_deletes_them(
     time.sleep(0.5)
     assert "idle" not in _deliveries(marks)
     lam.update_event_source_mapping(UUID=created["UUID"], Enabled=True)
-    _wait_for(lambda: "idle" in _deliveries(marks))
+    wait_for(lambda: "idle" in _deliveries(marks))
     assert lam.delete_event_source_mapping(UUID=created["UUID"])["State"] == "Deleting"
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.get_event_source_mapping(UUID=created["UUID"])
@@ -139,8 +132,8 @@ def test_report_batch_item_failures(server: RunningServer, lam: Any, marks: Path
         FunctionResponseTypes=["ReportBatchItemFailures"],
     )
     # the failed one is retried after the visibility timeout, then dead-lettered
-    _wait_for(lambda: _deliveries(marks).get("bad") == 2)
-    _wait_for(lambda: _count(sqs, dlq_url) == 1)
+    wait_for(lambda: _deliveries(marks).get("bad") == 2)
+    wait_for(lambda: _count(sqs, dlq_url) == 1)
     deliveries = _deliveries(marks)
     assert deliveries["ok1"] == 1 and deliveries["ok2"] == 1
     [dead] = sqs.receive_message(QueueUrl=dlq_url)["Messages"]
@@ -170,7 +163,7 @@ def test_malformed_batch_item_failures_fail_the_whole_batch(
         FunctionName="consumer",
         FunctionResponseTypes=["ReportBatchItemFailures"],
     )
-    _wait_for(lambda: _deliveries(marks).get("m", 0) >= 2)  # redelivered: nothing was deleted
+    wait_for(lambda: _deliveries(marks).get("m", 0) >= 2)  # redelivered: nothing was deleted
 
 
 def test_empty_batch_item_failures_and_null_are_success(
@@ -188,7 +181,7 @@ def test_empty_batch_item_failures_and_null_are_success(
         BatchSize=1,
         FunctionResponseTypes=["ReportBatchItemFailures"],
     )
-    _wait_for(lambda: _count(sqs, url) == 0)
+    wait_for(lambda: _count(sqs, url) == 0)
     time.sleep(2.5)  # past the visibility timeout: nothing comes back
     assert _deliveries(marks) == {"m0": 1, "m1": 1, "m2": 1}
 
@@ -203,10 +196,10 @@ def test_function_errors_keep_messages_and_deleted_consumer_loses_nothing(
         QueueUrl=url, MessageBody=json.dumps({"dir": str(marks), "id": "boom", "raise": 1})
     )
     mapping = lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="consumer")
-    _wait_for(lambda: _deliveries(marks).get("boom", 0) >= 2)
+    wait_for(lambda: _deliveries(marks).get("boom", 0) >= 2)
     lam.delete_function(FunctionName="consumer")
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"dir": str(marks), "id": "later"}))
-    _wait_for(
+    wait_for(
         lambda: lam.get_event_source_mapping(UUID=mapping["UUID"])[
             "LastProcessingResult"
         ].startswith("PROBLEM")

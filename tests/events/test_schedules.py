@@ -21,7 +21,7 @@ from gureum.client import Client
 from gureum.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound
 from gureum.store.schema import async_events
 from tests.cli.test_cli import Cli, cli_env
-from tests.conftest import RunningServer, free_port, make_zip
+from tests.conftest import RunningServer, free_port, make_zip, read_marks, wait_for
 from tests.events.test_crash_recovery import KEY, SECRET
 from tests.events.test_crash_recovery import _start as start_gureum
 
@@ -32,29 +32,6 @@ def handler(event, context):
     with open(path, "w") as f:
         json.dump(event, f)
 """
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-    return found
-
-
-def _marks(directory: Path) -> list[dict[str, Any]]:
-    found = []
-    for path in directory.glob("*.json"):
-        try:
-            found.append(json.loads(path.read_text()))
-        except ValueError:
-            continue  # being written
-    return found
-
-
-def _client(server: RunningServer) -> Client:
-    root = server.platform.root
-    return Client(server.endpoint, root.access_key_id, root.secret_access_key)
 
 
 def _deploy(client: Client, marks: Path) -> None:
@@ -74,13 +51,13 @@ def test_rate_schedule_fires_scheduled_events_and_pauses(
     server_factory: Callable[..., RunningServer], marks: Path
 ) -> None:
     server = server_factory(schedule_allow_seconds=True)
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, marks)
         created = client.create_schedule("tick", "rate(1 second)", "mark")
         assert created["state"] == "enabled" and created["target"] == "mark"
         assert created["next_tick"] > time.time() - 1
-        _wait_for(lambda: len(_marks(marks)) >= 2, timeout=10)
-        event = _marks(marks)[0]
+        wait_for(lambda: len(read_marks(marks)) >= 2, timeout=10)
+        event = read_marks(marks)[0]
         assert event["detail-type"] == "Scheduled Event" and event["source"] == "aws.events"
         assert event["resources"] == [created["arn"]] and event["detail"] == {}
         assert event["account"] == server.platform.root.account_id
@@ -89,11 +66,11 @@ def test_rate_schedule_fires_scheduled_events_and_pauses(
         paused = client.pause_schedule("tick")
         assert paused["state"] == "paused"
         time.sleep(0.3)  # a tick committed just before the pause may still be running
-        count = len(_marks(marks))
+        count = len(read_marks(marks))
         time.sleep(2.0)
-        assert len(_marks(marks)) == count
+        assert len(read_marks(marks)) == count
         client.resume_schedule("tick")
-        _wait_for(lambda: len(_marks(marks)) > count, timeout=5)
+        wait_for(lambda: len(read_marks(marks)) > count, timeout=5)
         client.delete_schedule("tick")
         with pytest.raises(ResourceNotFound):
             client.get_schedule("tick")
@@ -102,7 +79,7 @@ def test_rate_schedule_fires_scheduled_events_and_pauses(
 
 
 def test_fixed_input_and_errors_over_the_api(server: RunningServer, marks: Path) -> None:
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, marks)
         start = time.time()
         at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + 2))
@@ -116,9 +93,9 @@ def test_fixed_input_and_errors_over_the_api(server: RunningServer, marks: Path)
             client.create_schedule("bad", "cron(0 25 * * ? *)", "mark")
         with pytest.raises(ResourceNotFound):
             client.create_schedule("nobody", "rate(1 minute)", "missing")
-        assert _wait_for(lambda: _marks(marks), timeout=10) == [{"hello": [1, 2]}]
+        assert wait_for(lambda: read_marks(marks), timeout=10) == [{"hello": [1, 2]}]
         assert time.time() >= int(start + 2)
-        assert _wait_for(lambda: client.get_schedule("once")["state"] == "completed")
+        assert wait_for(lambda: client.get_schedule("once")["state"] == "completed")
         assert [s["name"] for s in client.list_schedules()] == ["once"]
 
 
@@ -137,16 +114,16 @@ def test_no_tick_fires_twice_across_a_restart(
     server_factory: Callable[..., RunningServer], marks: Path
 ) -> None:
     first = server_factory(schedule_allow_seconds=True)
-    with _client(first) as client:
+    with first.sdk() as client:
         _deploy(client, marks)
         client.create_schedule("tick", "rate(1 second)", "mark")
-        _wait_for(lambda: len(_marks(marks)) >= 2, timeout=10)
+        wait_for(lambda: len(read_marks(marks)) >= 2, timeout=10)
     first.stop()
     time.sleep(2.5)  # ticks missed while down: one catch-up (fire-once)
     second = server_factory(schedule_allow_seconds=True, port=first.settings.port)
-    with _client(second) as client:
+    with second.sdk() as client:
         before = client.get_schedule("tick")["fired"]
-        _wait_for(lambda: client.get_schedule("tick")["fired"] >= before + 2, timeout=10)
+        wait_for(lambda: client.get_schedule("tick")["fired"] >= before + 2, timeout=10)
     second.stop()
     payloads = asyncio.run(_schedule_payloads(second.settings.resolved_database_url))
     times = [p["time"] for p in payloads]
@@ -160,7 +137,7 @@ def test_no_tick_fires_twice_across_a_restart(
 def test_schedule_cli(server_factory: Callable[..., RunningServer], tmp_path: Path) -> None:
     server = server_factory()
     cli = Cli(cli_env(server, tmp_path))
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, tmp_path)
     added = cli.json(
         "schedule", "add", "noon", "cron(0 12 * * ? *)", "mark",
@@ -192,7 +169,7 @@ def test_sigkill_never_fires_a_tick_twice_and_loses_none(
         with Client(endpoint, KEY, SECRET) as client:
             _deploy(client, marks)
             client.create_schedule("tick", "rate(1 second)", "mark")
-            _wait_for(lambda: len(_marks(marks)) >= 3, timeout=15)
+            wait_for(lambda: len(read_marks(marks)) >= 3, timeout=15)
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait(10)
@@ -200,13 +177,13 @@ def test_sigkill_never_fires_a_tick_twice_and_loses_none(
     try:
         with Client(endpoint, KEY, SECRET) as client:
             before = client.get_schedule("tick")["fired"]
-            _wait_for(lambda: client.get_schedule("tick")["fired"] >= before + 2, timeout=15)
+            wait_for(lambda: client.get_schedule("tick")["fired"] >= before + 2, timeout=15)
             client.pause_schedule("tick")
-            _wait_for(lambda: not client.events(state="pending") + client.events(state="running"))
+            wait_for(lambda: not client.events(state="pending") + client.events(state="running"))
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
     url = f"sqlite+aiosqlite:///{data_dir / 'gureum.db'}"
     times = [p["time"] for p in asyncio.run(_schedule_payloads(url))]
     assert len(times) == len(set(times)) >= 5  # no tick enqueued twice
-    assert set(times) <= {m["time"] for m in _marks(marks)}  # every enqueued tick ran
+    assert set(times) <= {m["time"] for m in read_marks(marks)}  # every enqueued tick ran

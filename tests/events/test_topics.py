@@ -14,7 +14,7 @@ import pytest
 from gureum.client import Client
 from gureum.errors import InvalidParameterValue, RequestTooLarge, ResourceNotFound
 from tests.cli.test_cli import Cli, cli_env
-from tests.conftest import RunningServer, make_zip
+from tests.conftest import RunningServer, make_zip, read_marks, wait_for
 
 MARK = """
 import json, os, uuid
@@ -25,29 +25,6 @@ def handler(event, context):
     with open(path, "w") as f:
         json.dump(event, f)
 """
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-    return found
-
-
-def _marks(directory: Path) -> list[dict[str, Any]]:
-    found = []
-    for path in directory.glob("*.json"):
-        try:
-            found.append(json.loads(path.read_text()))
-        except ValueError:
-            continue  # being written
-    return found
-
-
-def _client(server: RunningServer) -> Client:
-    root = server.platform.root
-    return Client(server.endpoint, root.access_key_id, root.secret_access_key)
 
 
 def _deploy(client: Client, name: str, tmp_path: Path, *, fail: bool = False) -> Path:
@@ -74,7 +51,7 @@ def test_fan_out_to_functions_and_a_queue_with_filters(
 ) -> None:
     sqs = server.client("sqs")
     url = sqs.create_queue(QueueName="inbox")["QueueUrl"]
-    with _client(server) as client:
+    with server.sdk() as client:
         every = _deploy(client, "every", tmp_path)
         red = _deploy(client, "red", tmp_path)
         topic = client.create_topic("orders")
@@ -93,15 +70,15 @@ def test_fan_out_to_functions_and_a_queue_with_filters(
         assert client.publish_message("orders", "second", {"color": "blue"})["deliveries"] == 2
         assert client.publish_message("orders", "third", {"color": "red"})["deliveries"] == 2
 
-        got = _wait_for(lambda: len(_marks(every)) == 3 and _marks(every))
+        got = wait_for(lambda: len(read_marks(every)) == 3 and read_marks(every))
         assert sorted(m["Records"][0]["Sns"]["Message"] for m in got) == [
             "first",
             "second",
             "third",
         ]
-        only = _wait_for(lambda: _marks(red))
+        only = wait_for(lambda: read_marks(red))
         time.sleep(0.3)
-        assert len(_marks(red)) == 1
+        assert len(read_marks(red)) == 1
         record = only[0]["Records"][0]
         assert record["EventSource"] == "aws:sns" and record["EventVersion"] == "1.0"
         assert record["EventSubscriptionArn"] == red_sub["arn"]
@@ -127,19 +104,19 @@ def test_fan_out_to_functions_and_a_queue_with_filters(
 def test_a_failing_subscriber_does_not_block_the_others(
     server: RunningServer, tmp_path: Path
 ) -> None:
-    with _client(server) as client:
+    with server.sdk() as client:
         good = _deploy(client, "good", tmp_path)
         _deploy(client, "broken", tmp_path, fail=True)
         client.create_topic("alerts")
         client.subscribe("alerts", "function:broken")
         client.subscribe("alerts", "function:good")
         client.publish_message("alerts", "fire")
-        assert _wait_for(lambda: _marks(good))[0]["Records"][0]["Sns"]["Message"] == "fire"
+        assert wait_for(lambda: read_marks(good))[0]["Records"][0]["Sns"]["Message"] == "fire"
 
         def dead() -> list[dict[str, Any]]:
             return [e for e in client.events(state="failed") if e["function_name"] == "broken"]
 
-        failed = _wait_for(dead)
+        failed = wait_for(dead)
         assert failed[0]["attempts"] == 3 and "subscriber is broken" in failed[0]["last_error"]
         assert failed[0]["source"] == "topic alerts"
         good_events = [e for e in client.events() if e["function_name"] == "good"]
@@ -148,7 +125,7 @@ def test_a_failing_subscriber_does_not_block_the_others(
 
 def test_unknown_topics_and_bad_input(server: RunningServer, tmp_path: Path) -> None:
     server.client("sqs").create_queue(QueueName="fifo.fifo", Attributes={"FifoQueue": "true"})
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, "fn", tmp_path)
         with pytest.raises(ResourceNotFound, match="topic nope not found"):
             client.publish_message("nope", "x")
@@ -181,7 +158,7 @@ def test_unknown_topics_and_bad_input(server: RunningServer, tmp_path: Path) -> 
 def test_topic_as_async_destination(server: RunningServer, lam: Any, tmp_path: Path) -> None:
     sqs = server.client("sqs")
     url = sqs.create_queue(QueueName="results")["QueueUrl"]
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, "work", tmp_path)
         topic = client.create_topic("done")
         client.subscribe("done", "queue:results")
@@ -201,10 +178,10 @@ def test_retrying_is_its_own_state(
     server_factory: Callable[..., RunningServer], tmp_path: Path
 ) -> None:
     server = server_factory(async_retry_base_s=30.0)
-    with _client(server) as client:
+    with server.sdk() as client:
         _deploy(client, "broken", tmp_path, fail=True)
         request_id = client.invoke_async("broken", b"{}")
-        retrying = _wait_for(lambda: client.events(state="retrying"))
+        retrying = wait_for(lambda: client.events(state="retrying"))
         assert [e["request_id"] for e in retrying] == [request_id]
         assert retrying[0]["state"] == "retrying" and retrying[0]["attempts"] == 1
         assert client.events(state="pending") == []
@@ -212,7 +189,7 @@ def test_retrying_is_its_own_state(
 
 def test_topic_cli(server: RunningServer, tmp_path: Path) -> None:
     cli = Cli(cli_env(server, tmp_path))
-    with _client(server) as client:
+    with server.sdk() as client:
         marks = _deploy(client, "fn", tmp_path)
     assert cli.json("topic", "create", "news")["name"] == "news"
     sub = cli.json("topic", "subscribe", "news", "function:fn", "--filter", '{"lang": ["ko"]}')
@@ -222,7 +199,7 @@ def test_topic_cli(server: RunningServer, tmp_path: Path) -> None:
     assert cli.json("topic", "publish", "news", "skipped", "--attr", "lang=en")["deliveries"] == 0
     published = cli.json("topic", "publish", "news", "안녕", "--attr", "lang=ko")
     assert published["deliveries"] == 1
-    got = _wait_for(lambda: _marks(marks))
+    got = wait_for(lambda: read_marks(marks))
     assert got[0]["Records"][0]["Sns"]["Message"] == "안녕"
     assert cli("topic", "publish", "news", "x", "--attr", "novalue").exit_code == 2
     missing = cli("topic", "publish", "nope", "x")

@@ -175,17 +175,9 @@ def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 def _set_network(
     server: RunningServer, name: str, network: str, allow: list[str] | None = None
 ) -> None:
-    import asyncio
-
-    registry = server.platform.registry
-    loop = server.platform.recorder._task.get_loop()
+    changes = {"network": network, "egress_allow": allow or []}
     account = server.platform.root.account_id
-    asyncio.run_coroutine_threadsafe(
-        registry.update_configuration(
-            account, name, {"network": network, "egress_allow": allow or []}
-        ),
-        loop,
-    ).result(10)
+    server.run(server.platform.registry.update_configuration(account, name, changes))
 
 
 def _invoke(server: RunningServer, name: str, event: dict[str, Any]) -> tuple[Any, str | None]:
@@ -200,12 +192,8 @@ def _healthy(server: RunningServer) -> None:
 
 
 def _code_dir(server: RunningServer, name: str) -> str:
-    import asyncio
-
-    loop = server.platform.recorder._task.get_loop()
-    config = asyncio.run_coroutine_threadsafe(
-        server.platform.registry.get_latest(server.platform.root.account_id, name), loop
-    ).result(10)
+    account = server.platform.root.account_id
+    config = server.run(server.platform.registry.get_latest(account, name))
     return str(server.platform.packages.get(config.code_sha256).path)
 
 
