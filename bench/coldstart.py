@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from gureum.sandbox.base import InstanceSpec, Sandbox
-from gureum.sandbox.cgroups import CgroupTree
 from gureum.sandbox.instance import Instance
-from gureum.sandbox.linux import LinuxSandbox, host_supports_linux_sandbox
+from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_cgroups
 from gureum.sandbox.process import ProcessSandbox
 
 TRIVIAL = "def handler(event, context):\n    return {'ok': True}\n"
@@ -121,12 +120,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     process = ProcessSandbox([])
     results["process driver"] = await time_driver(process, spec, args.starts, 0.0)
-    usable, why = host_supports_linux_sandbox()
-    tree = CgroupTree.detect() if usable else None
+    tree, why = linux_sandbox_cgroups()
     if tree is None:
         results["linux driver"] = f"unavailable: {why}"
     else:
-        linux = LinuxSandbox(work / "data", [], "http://127.0.0.1:9", tree, warm_target=2)
+        linux = LinuxSandbox(work / "data", "http://127.0.0.1:9", tree, warm_target=2)
         try:
             await time_driver(linux, spec, 5, 0.05)  # start the zygote, fill the pool
             results["linux driver, sandbox pre-spawned"] = await time_driver(

@@ -28,9 +28,8 @@ from gureum.node.dispatcher import Dispatcher
 from gureum.node.pool import InstancePool
 from gureum.node.records import InvocationRecorder
 from gureum.sandbox.base import Sandbox
-from gureum.sandbox.cgroups import CgroupTree
 from gureum.sandbox.libraries import prepare_runtime_libraries
-from gureum.sandbox.linux import LinuxSandbox, host_supports_linux_sandbox
+from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_cgroups
 from gureum.sandbox.process import ProcessSandbox
 from gureum.settings import Settings
 from gureum.store import Database
@@ -56,17 +55,11 @@ def _lock_data_dir(data_dir: Path) -> TextIO:
 def make_sandbox(settings: Settings) -> Sandbox:
     """Pick the sandbox driver named in settings (the only place that maps names to drivers).
     `auto` takes the linux driver where the host allows it and says loudly when it cannot."""
-    libraries = prepare_runtime_libraries(settings.data_dir / "runtime" / "python")
     if settings.sandbox in ("auto", "linux"):
-        usable, why = host_supports_linux_sandbox()
-        tree = CgroupTree.detect() if usable else None
+        tree, why = linux_sandbox_cgroups()
         if tree is not None:
             return LinuxSandbox(
-                settings.data_dir,
-                [libraries],
-                settings.endpoint,
-                tree,
-                warm_target=settings.warm_sandboxes,
+                settings.data_dir, settings.endpoint, tree, warm_target=settings.warm_sandboxes
             )
         if settings.sandbox == "linux":
             raise ConfigurationError(f"the linux sandbox is not available on this host: {why}")
@@ -76,6 +69,7 @@ def make_sandbox(settings: Settings) -> Sandbox:
             "each missing protection.",
             why,
         )
+    libraries = prepare_runtime_libraries(settings.data_dir / "runtime" / "python")
     return ProcessSandbox([libraries])
 
 

@@ -11,17 +11,24 @@ from pathlib import Path
 OFFERED = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 
 
-def prepare_runtime_libraries(target: Path) -> Path:
-    """Fill `target` with links to the offered packages and return it (rebuilt every start)."""
-    staging = target.with_name(target.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def offered_packages() -> list[Path]:
+    """Where the offered packages are installed: package directories, or module files."""
+    found = []
     for name in OFFERED:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             continue
         origin = Path(spec.origin)
-        source = origin.parent if spec.submodule_search_locations else origin
+        found.append(origin.parent if spec.submodule_search_locations else origin)
+    return found
+
+
+def prepare_runtime_libraries(target: Path) -> Path:
+    """Fill `target` with links to the offered packages and return it (rebuilt every start)."""
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for source in offered_packages():
         os.symlink(source, staging / source.name)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

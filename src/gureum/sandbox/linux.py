@@ -33,7 +33,7 @@ from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
 from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup
 from gureum.sandbox.egress import AllowList, EgressProxy
-from gureum.sandbox.libraries import OFFERED
+from gureum.sandbox.libraries import offered_packages
 
 log = logging.getLogger(__name__)
 ZYGOTE = Path(__file__).resolve().parent.parent / "runtime" / "zygote.py"
@@ -46,19 +46,26 @@ NETWORK_MODES = ("none", "platform", "internet")
 PROXY_PORT = 3128  # inside internet-mode sandboxes: HTTP(S)_PROXY
 
 
+def linux_sandbox_cgroups() -> tuple[CgroupTree | None, str]:
+    """The cgroup tree the linux driver would use on this host, or None and why not."""
+    if not sys.platform.startswith("linux"):
+        return None, "not Linux"
+    if os.geteuid() != 0:
+        return None, "needs root (user-namespace mode is not implemented yet)"
+    if importlib.util.find_spec("pyseccomp") is None:
+        return None, "the pyseccomp package is missing"
+    if ctypes.util.find_library("seccomp") is None:
+        return None, "libseccomp is not installed (Debian/Ubuntu: apt-get install libseccomp2)"
+    tree = CgroupTree.detect()
+    if tree is None:
+        return None, "no writable memory+pids+cpu cgroups"
+    return tree, "root, cgroups and seccomp available"
+
+
 def host_supports_linux_sandbox() -> tuple[bool, str]:
     """Whether this host can run the linux driver, and if not, why (for start-up and doctor)."""
-    if not sys.platform.startswith("linux"):
-        return False, "not Linux"
-    if os.geteuid() != 0:
-        return False, "needs root (user-namespace mode is not implemented yet)"
-    if importlib.util.find_spec("pyseccomp") is None:
-        return False, "the pyseccomp package is missing"
-    if ctypes.util.find_library("seccomp") is None:
-        return False, "libseccomp is not installed (Debian/Ubuntu: apt-get install libseccomp2)"
-    if CgroupTree.detect() is None:
-        return False, "no writable memory+pids+cpu cgroups"
-    return True, "root, cgroups and seccomp available"
+    tree, why = linux_sandbox_cgroups()
+    return tree is not None, why
 
 
 @dataclass
@@ -94,7 +101,6 @@ class LinuxSandbox:
     def __init__(
         self,
         data_dir: Path,
-        runtime_paths: list[Path],
         endpoint: str,
         cgroups: CgroupTree,
         warm_target: int = 2,
@@ -104,7 +110,6 @@ class LinuxSandbox:
         self.cgroups = cgroups
         self.root_dir = data_dir / "sandbox" / "root"
         self.api_socket = data_dir / "sandbox" / "api.sock"
-        self._runtime_paths = runtime_paths
         self._zygote: asyncio.subprocess.Process | None = None
         self._sock: socket.socket | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -143,12 +148,7 @@ class LinuxSandbox:
         for prefix in sorted(prefixes):
             if not any(prefix == s or prefix.startswith(s + "/") for s, _ in binds):
                 binds.append((prefix, prefix))
-        for name in OFFERED:
-            spec = importlib.util.find_spec(name)
-            if spec is None or spec.origin is None:
-                continue
-            origin = Path(spec.origin)
-            source = origin.parent if spec.submodule_search_locations else origin
+        for source in offered_packages():
             binds.append((str(source), f"/opt/gureum/python/{source.name}"))
         hidden = {os.path.realpath(p) for p in site.getsitepackages()}
         hidden.add(os.path.realpath(site.getusersitepackages()))
