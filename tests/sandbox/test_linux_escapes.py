@@ -153,8 +153,8 @@ def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         ("small", 128, "platform"),
         ("other", 128, "platform"),
         ("roomy", 1024, "platform"),
-        ("web", 256, "internet"),
-        ("public", 256, "internet"),
+        ("web", 1024, "internet"),  # urllib and boto3 inside, like "probe"
+        ("public", 1024, "internet"),
     ):
         lam.create_function(
             FunctionName=name,
