@@ -129,23 +129,31 @@ class GatewayApp:
         if path == "/healthz":
             await json_response({"status": "ok"})(scope, receive, send)
             return
+        management = path == "/v1" or path.startswith("/v1/")
+        claimed = None if management else claimed_service(scope)
         if (
             self._user_routes is not None
-            and path != "/v1"
-            and not path.startswith("/v1/")
-            and claimed_service(scope) in (None, "execute-api")
+            and not management
+            and claimed in (None, "execute-api")
             and await self._user_routes(scope, receive, send)
         ):
             return
         try:
-            await self._handle(scope, receive, send, path)
+            await self._handle(scope, receive, send, path, management, claimed)
         except Exception as exc:
             await error_response(exc)(scope, receive, send)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        management: bool,
+        claimed: str | None,
+    ) -> None:
         assert self.platform is not None and self._management is not None
-        management = path == "/v1" or path.startswith("/v1/")
-        service_name = "lambda" if management else claimed_service(scope) or "lambda"
+        service_name = "lambda" if management else claimed or "lambda"
         service = self._services.get(service_name)
         if service is None:
             raise ClientError(f"this endpoint does not serve the AWS service {service_name!r}")
