@@ -59,7 +59,13 @@ def make_sandbox(settings: Settings) -> Sandbox:
         tree, why = linux_sandbox_cgroups()
         if tree is not None:
             return LinuxSandbox(
-                settings.data_dir, settings.endpoint, tree, warm_target=settings.warm_sandboxes
+                settings.data_dir,
+                settings.endpoint,
+                tree,
+                warm_target=settings.warm_sandboxes,
+                templates=settings.templates and settings.max_templates > 0,
+                template_keep_alive_s=settings.keep_alive_s,
+                max_templates=settings.max_templates,
             )
         if settings.sandbox == "linux":
             raise ConfigurationError(f"the linux sandbox is not available on this host: {why}")

@@ -56,6 +56,9 @@ class Settings:
     # "auto" = linux where the host allows it, else process with a loud warning
     sandbox: str = "auto"
     warm_sandboxes: int = 2  # pre-spawned linux sandboxes kept ready for cold starts
+    # linux: fork a version's later instances from an initialised template of it
+    templates: bool = True
+    max_templates: int = 16  # templates alive at once (least recently used retire first)
     # node capacity and pool behaviour
     max_instances: int = 64  # all functions together on this node
     default_concurrency: int = 32  # per function when no reserved concurrency is set
@@ -107,6 +110,8 @@ class Settings:
             database_url=env.get("GUREUM_DATABASE_URL", ""),
             sandbox=sandbox,
             warm_sandboxes=_int(env, "GUREUM_WARM_SANDBOXES", 2, 0, 64),
+            templates=env.get("GUREUM_TEMPLATES", "1") not in ("0", "false", "off"),
+            max_templates=_int(env, "GUREUM_MAX_TEMPLATES", 16, 0, 10_000),
             max_instances=_int(env, "GUREUM_MAX_INSTANCES", 64, 1, 100_000),
             default_concurrency=_int(env, "GUREUM_DEFAULT_CONCURRENCY", 32, 1, 100_000),
             queue_depth=_int(env, "GUREUM_QUEUE_DEPTH", 64, 0, 1_000_000),

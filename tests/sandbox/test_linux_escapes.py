@@ -359,3 +359,24 @@ def test_internet_egress_follows_the_allow_list(
     names, error = _invoke(linux_server, "web", {"action": "boto3"})  # platform APIs still work
     assert error is None and "web" in names
     _healthy(linux_server)
+
+
+def test_instances_forked_from_a_template_keep_platform_and_egress(
+    linux_server: RunningServer, web_server: int
+) -> None:
+    """Concurrent calls need several instances: the later ones are forked from a template
+    (see test_linux_templates.py for their isolation) and still reach Gureum's APIs and the
+    allow-listed host, through the template's forwarders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"http://127.0.0.2:{web_server}/"
+    events = [{"action": "boto3"}, {"action": "fetch", "url": url}] * 3
+    with ThreadPoolExecutor(len(events)) as pool:
+        results = list(pool.map(lambda e: _invoke(linux_server, "web", e), events))
+    for event, (result, error) in zip(events, results, strict=True):
+        assert error is None, (event, result)
+        assert result == {"ok": True, "value": "hello from the host"} or "web" in result
+    sandbox = linux_server.platform.sandbox
+    if getattr(sandbox, "templates_off", "off") is None:
+        assert getattr(sandbox, "template_count", 0) >= 1
+    _healthy(linux_server)

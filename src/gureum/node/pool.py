@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 FunctionKey = tuple[str, str]  # (account, function name)
 VersionKey = tuple[str, str, str, str]  # (account, function name, version, revision id)
 MAX_INSTANCE_AGE_S = 2 * 3600.0  # recycle long-lived instances (fresh credentials, no leaks)
+
+
+def _template_key(key: VersionKey) -> str:
+    return "\0".join(key)
+
+
+def _named(spec: InstanceSpec, key: VersionKey) -> InstanceSpec:
+    """Name the version, so that the driver may fork its later instances from a template."""
+    return dataclasses.replace(spec, template_key=_template_key(key))
 
 
 @dataclass
@@ -133,7 +143,7 @@ class InstancePool:
             await self._make_room()
             self._instances += 1
             try:
-                instance = await Instance.start(self.sandbox, make_spec())
+                instance = await Instance.start(self.sandbox, _named(make_spec(), version_key))
             except BaseException:
                 self._instances -= 1
                 raise
@@ -207,6 +217,7 @@ class InstancePool:
                 gone = False
                 continue
             pool.stale = True
+            self.sandbox.retire_template(_template_key(key))
             for instance in pool.idle:
                 self._instances -= 1
                 self._spawn_background(instance.close())
@@ -226,7 +237,7 @@ class InstancePool:
         while len(pool.idle) < count and self._instances < self.max_instances and not pool.stale:
             self._instances += 1
             try:
-                instance = await Instance.start(self.sandbox, make_spec())
+                instance = await Instance.start(self.sandbox, _named(make_spec(), version_key))
             except BaseException as exc:
                 self._instances -= 1
                 if not isinstance(exc, Exception):

@@ -4,20 +4,82 @@ Started as `python -I -S bootstrap.py --control-fd N --path DIR ... [--rlimit NA
 Standard library only; never imports gureum (the function must not see the platform's code).
 Behaviour follows AWS Lambda's Python runtime: handler string `module.func`, the `context`
 object, the error JSON shape and the `Runtime.*` error types.
+
+Templates (`--template`): SnapStart by fork
+-------------------------------------------
+A template is a sandbox built exactly like an instance of its function version (own cgroup,
+own uid, no capabilities, no_new_privs, seccomp loaded, pivot_root'ed into the minimal root)
+that imports the handler and then, instead of serving invocations, forks instances on request:
+
+    agent → template  {"t": "fork", "id", "env": {...}}  + fds [control, log, tmp]
+    template → agent  {"t": "forked", "id", "pid": P}     P in the template's PID namespace
+    template → agent  {"t": "exit", "pid": P, "status"}   when instance P is reaped
+    template → agent  {"t": "refused", "reason"}          instead of "ready": cannot template
+    agent half-closes the socket                          stop forking; exit once P's are gone
+
+Why this is safe. The handler module is user code and runs at import, so the template is
+confined *before* it imports anything of the function's: it is one more sandbox of that
+function version, never a privileged process, and it is never handed an invocation. What
+it can reach is what any instance of that version can reach, so code it runs at import
+(threads, at-fork hooks, finalizers) is no worse than the same function's handler; it shares
+nothing with any other function (own namespaces, uid, cgroup, code, /tmp, credentials of
+that function's role only). Templates are keyed by (account, function, version, revision)
+and the whole spec, so a change of code or configuration never reaches an old template.
+
+What an instance forked from a template gets of its own, and what it shares:
+- cgroup: its own, pre-created; the agent (root) moves the forked pid into it before the
+  instance gets its first invocation, so memory, pids and CPU limits and the kill-tree
+  (`cgroup.kill`, or freeze-and-kill on v1) are per instance. Pages inherited from the
+  template stay charged to the template's cgroup and are shared copy-on-write, so a forked
+  instance is charged only for what it writes.
+- /tmp: its own tmpfs, created detached by the agent (`fsopen`/`fsmount`), sized like any
+  instance's and passed in at fork. The template's /tmp is a symlink to /proc/self/fd/TMP_FD,
+  so the same path names each instance's own tmpfs; nothing else in the mount namespace
+  leads to it. Cost: a process that closes TMP_FD loses its /tmp (subprocess.Popen is patched
+  to keep it; `cd /tmp` shows the tmpfs's own root as the working directory).
+- processes and signals: a per-instance PID namespace (or uid, or mount namespace) cannot be
+  made by an unprivileged, seccomp-confined parent without allowing user namespaces, which we
+  refuse to give user code. Instead each instance enters its own Landlock domain right after
+  fork (ABI 6+, Linux 6.12): it cannot signal, ptrace or connect to abstract Unix sockets of
+  anything outside its domain — its siblings and the template — and the template's /proc is
+  mounted `hidepid=invisible`, so it does not even see them. It is also made non-dumpable.
+  Without Landlock ABI 6 the agent does not use templates (cold starts only) and says so.
+- network: the instances share the template's network namespace (loopback and the forwarders
+  to the platform socket and egress proxy). Landlock limits an instance to connecting to the
+  forwarder ports and binding no TCP port, so one instance cannot serve another. Inherited
+  sockets and pipes (the template's forwarder connections at fork time, say) are replaced by
+  dead descriptors in the child; regular files the handler opened at import stay shared, as
+  after any fork.
+- System V IPC is refused by the template's seccomp filter (shared IPC namespace and uid).
+- state: random generators (the `random` module's and every `random.Random` alive in the
+  template) are reseeded from os.urandom after fork; os.urandom, `secrets`, uuid4 and
+  OpenSSL need nothing. Hash randomisation (PYTHONHASHSEED) stays the template's. Credentials
+  and per-instance variables (log stream, keys) are replaced in os.environ, but clients the
+  handler built at import keep the template's credentials, which is why templates retire
+  long before those expire.
+The template refuses (and the agent falls back to cold starts) when the import left threads
+or child processes running, since a fork would silently lose them.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
+import ctypes
 import decimal
+import gc
 import importlib
 import importlib.util
 import json
 import logging
 import os
 import resource
+import select
+import signal
 import socket
+import stat
+import struct
 import sys
 import time
 import traceback
@@ -37,6 +99,7 @@ def _load_protocol() -> Any:
 
 
 protocol = _load_protocol()
+TMP_FD = 1023  # a template's instances: their own /tmp (below RLIMIT_NOFILE's 1024)
 
 
 class CognitoIdentity:
@@ -392,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--path", action="append", default=[])
     parser.add_argument("--rlimit", action="append", default=[])
+    parser.add_argument("--template", action="store_true")
+    parser.add_argument("--port", type=int, action="append", default=[])  # forwarders
     args = parser.parse_args(argv)
     _apply_rlimits(args.rlimit)
     sock = socket.socket(fileno=args.control_fd)
@@ -406,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     request_filter = _install_logging()
+    if args.template:
+        import subprocess  # noqa: F401  (imported once here, patched in each instance)
     try:
         handler = load_handler(os.environ.get("_HANDLER", ""))
     except _InitError as exc:
@@ -414,7 +481,13 @@ def main(argv: list[str] | None = None) -> None:
         sock.sendall(protocol.encode({"t": "init_error"}, json.dumps(exc.error).encode()))
         return
     _end_log(marker_fd, "init")
+    if args.template and not _Template(sock, marker_fd, args.port).run():
+        return  # the template retired and its instances are gone
     sock.sendall(protocol.encode({"t": "ready"}))
+    _serve(sock, marker_fd, handler, request_filter)
+
+
+def _serve(sock: socket.socket, marker_fd: int, handler: Any, request_filter: Any) -> None:
     function = FunctionInfo()
     peak_memory = PeakMemory()
     channel = _ControlChannel(sock)
@@ -432,6 +505,250 @@ def main(argv: list[str] | None = None) -> None:
                 {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}, body
             )
         )
+
+
+def recv_with_fds(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """One frame and the descriptors sent with it (SCM_RIGHTS); None at end of stream."""
+    fds = array.array("i")
+    head, ancdata, _, _ = sock.recvmsg(protocol.HEADER.size, socket.CMSG_SPACE(8 * 4))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if not head:
+        return None
+    while len(head) < protocol.HEADER.size:
+        more = sock.recv(protocol.HEADER.size - len(head))
+        if not more:
+            return None
+        head += more
+    header_len, payload_len = protocol.decode_lengths(head)
+    body = b""
+    while len(body) < header_len + payload_len:
+        more = sock.recv(header_len + payload_len - len(body))
+        if not more:
+            return None
+        body += more
+    return protocol.decode_header(body[:header_len]), list(fds)
+
+
+# ---- templates (see the module docstring) ---------------------------------------------------
+
+PR_SET_DUMPABLE = 4
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_NET_PORT = 2
+LANDLOCK_ACCESS_NET_BIND_TCP, LANDLOCK_ACCESS_NET_CONNECT_TCP = 1, 2
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+LANDLOCK_MIN_ABI = 6  # signal scoping
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, or 0 without Landlock."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    version = libc.syscall(
+        LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
+    )
+    return max(int(version), 0)
+
+
+def _enter_own_landlock_domain(ports: list[int]) -> None:
+    """From now on this process and its descendants cannot signal, ptrace or reach abstract
+    Unix sockets of processes outside them, and may connect only to `ports` over TCP."""
+    if landlock_abi() < LANDLOCK_MIN_ABI:
+        raise OSError(f"Landlock ABI {LANDLOCK_MIN_ABI} (Linux 6.12) is not available")
+    libc = ctypes.CDLL(None, use_errno=True)
+    net = LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP
+    scoped = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
+    attr = ctypes.create_string_buffer(struct.pack("=QQQ", 0, net, scoped), 24)
+    ruleset = libc.syscall(LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(24), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
+    try:
+        for port in ports:
+            rule = ctypes.create_string_buffer(
+                struct.pack("=QQ", LANDLOCK_ACCESS_NET_CONNECT_TCP, port), 16
+            )
+            if libc.syscall(LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_NET_PORT, rule, 0) != 0:
+                raise OSError(ctypes.get_errno(), "landlock_add_rule failed")
+        if libc.syscall(LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+    finally:
+        os.close(ruleset)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+
+
+def _replace_shared_descriptors(keep: set[int]) -> None:
+    """Sockets and pipes inherited from the template would be shared with every sibling:
+    put a dead descriptor in each one's place (the number stays taken, so an object that
+    still holds it cannot close someone else's file later)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in keep:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue  # the listing's own descriptor
+        if stat.S_ISSOCK(mode):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+                os.dup2(dead.fileno(), fd, inheritable=False)
+        elif stat.S_ISFIFO(mode):
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, fd, inheritable=False)
+            os.close(null)
+
+
+def _keep_tmp_in_subprocesses() -> None:
+    subprocess = sys.modules.get("subprocess")
+    if subprocess is None:
+        return
+    original = subprocess.Popen.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), TMP_FD)
+        original(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = __init__
+
+
+class _Template:
+    """The fork loop of a template; `run()` returns True in a forked instance (which then
+    serves invocations) and False in the template once it has retired."""
+
+    def __init__(self, sock: socket.socket, marker_fd: int, ports: list[int]) -> None:
+        self.sock = sock
+        self.marker_fd = marker_fd
+        self.ports = ports
+        self.children: set[int] = set()
+
+    def refusal(self) -> str | None:
+        """Why this process cannot serve as a template, if it cannot."""
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            ours = ("gureum-forwarder", "gureum-pipe")
+            extra = [
+                t.name
+                for t in threading.enumerate()
+                if t is not threading.main_thread() and not t.name.startswith(ours)
+            ]
+            if extra:
+                return f"the handler module left threads running at import: {extra}"
+        try:
+            while True:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    return "the handler module left child processes running at import"
+        except ChildProcessError:
+            return None
+
+    def run(self) -> bool:
+        reason = self.refusal()
+        if reason is not None:
+            self.sock.sendall(protocol.encode({"t": "refused", "reason": reason}))
+            return False
+        random = sys.modules.get("random")
+        generators: list[Any] = []
+        if random is not None:
+            generators = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, random.Random) and not isinstance(o, random.SystemRandom)
+            ]
+        # the imported objects stay where they are: a collection would touch (and so copy)
+        # every page that holds one, in the template and in each instance
+        gc.disable()
+        gc.freeze()
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sock.sendall(protocol.encode({"t": "ready"}))
+        accepting = True
+        while accepting or self.children:
+            watched = [wake_read, self.sock.fileno()] if accepting else [wake_read]
+            try:
+                ready, _, _ = select.select(watched, [], [])
+            except InterruptedError:
+                continue
+            if wake_read in ready:
+                os.read(wake_read, 4096)
+                self._reap()
+            if not accepting or self.sock.fileno() not in ready:
+                continue
+            request = recv_with_fds(self.sock)
+            if request is None:
+                accepting = False  # retired: stay until the instances are gone (PID 1)
+                continue
+            header, fds = request
+            if header.get("t") != "fork" or len(fds) != 3:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            pid = os.fork()
+            if pid == 0:
+                os.close(wake_read)
+                os.close(wake_write)
+                self._become_instance(header, fds, generators)
+                return True
+            for fd in fds:
+                os.close(fd)
+            self.children.add(pid)
+            self._send({"t": "forked", "id": header.get("id"), "pid": pid})
+            self._reap()
+        return False
+
+    def _send(self, header: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # the agent went away; PDEATHSIG follows
+            self.sock.sendall(protocol.encode(header))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.children:  # else an orphan of some instance, reparented to us
+                self.children.discard(pid)
+                code = os.waitstatus_to_exitcode(status)
+                self._send({"t": "exit", "pid": pid, "status": code})
+
+    def _become_instance(self, header: dict[str, Any], fds: list[int], generators: Any) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        control, log, tmp = fds
+        try:
+            os.dup2(control, self.sock.fileno(), inheritable=False)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.dup2(log, self.marker_fd, inheritable=False)
+            os.dup2(tmp, TMP_FD)
+            for fd in fds:
+                os.close(fd)
+            _replace_shared_descriptors({0, 1, 2, self.sock.fileno(), self.marker_fd, TMP_FD})
+            _enter_own_landlock_domain(self.ports)
+        except BaseException as exc:
+            error = {
+                "errorMessage": f"sandbox set-up failed: {exc}",
+                "errorType": "Sandbox.SetupError",
+                "requestId": "",
+                "stackTrace": [],
+            }
+            with contextlib.suppress(OSError):
+                self.sock.sendall(protocol.encode({"t": "init_error"}, json.dumps(error).encode()))
+            os._exit(125)
+        os.environ.clear()
+        os.environ.update(header.get("env") or {})
+        random = sys.modules.get("random")
+        if random is not None:
+            random.seed()
+        for generator in generators:
+            generator.seed()
+        _keep_tmp_in_subprocesses()
+        gc.enable()
+        _end_log(self.marker_fd, "init")
 
 
 if __name__ == "__main__":

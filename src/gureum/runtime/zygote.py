@@ -24,6 +24,12 @@ PID namespace (killing it kills everything it started). A reports B's pid and ex
 zygote, a child subreaper, adopts and reaps B. B builds a minimal root, `pivot_root`s into it,
 sets rlimits, switches to its own unprivileged uid, sets no_new_privs, drops capabilities,
 loads the seccomp filter last, and runs the shim, which imports the handler.
+
+A template (see `gureum.runtime.bootstrap` for why it is safe) is built the same way, with three
+differences: its /tmp is a link to the private tmpfs each of its instances will hold open at
+descriptor TMP_FD (the spawn request carries a third descriptor, the template's own), its
+/proc hides the processes it may not ptrace (`hidepid=invisible`), and its seccomp filter also
+refuses System V IPC.
 Standard library only, plus the seccomp binding loaded by path.
 """
 
@@ -80,6 +86,7 @@ PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), 155)
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 CAP_LAST = 40
+TMP_FD = bootstrap.TMP_FD  # a template's instances reach their private /tmp through it
 
 
 def _check(result: int, what: str) -> None:
@@ -175,8 +182,16 @@ def _finish_root(plan: dict[str, Any]) -> None:
     for source, target in plan["function_binds"]:
         _bind(source, root + target)
     tmp = root + "/tmp"
-    _mkdirs(tmp)
-    _mount("gureum-tmp", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={plan['tmp_mb']}m,mode=1777")
+    if plan.get("template"):
+        # each instance's own detached tmpfs, held at TMP_FD; a fresh /proc that shows only
+        # the processes the viewer may ptrace (its own, under its Landlock domain)
+        os.symlink(f"/proc/self/fd/{TMP_FD}", tmp)
+        proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        _mount("proc", root + "/proc", "proc", proc_flags, "hidepid=invisible")
+    else:
+        _mkdirs(tmp)
+        tmp_options = f"size={plan['tmp_mb']}m,mode=1777"
+        _mount("gureum-tmp", tmp, "tmpfs", MS_NOSUID | MS_NODEV, tmp_options)
     # a runtime installed under /tmp (a virtualenv in a CI checkout, say) goes on top of it
     for source, target in plan["late_binds"]:
         _bind(source, root + target)
@@ -255,24 +270,32 @@ def _forwarder(port: int, socket_path: str) -> socket.socket:
                 upstream.close()
                 continue
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=pipe, args=(a, b), name="gureum-pipe", daemon=True).start()
 
     threading.Thread(target=serve, name="gureum-forwarder", daemon=True).start()
     return listener
 
 
-def _instance(
-    plan: dict[str, Any], control_fd: int, log_fd: int, filters: dict[bool, bytes]
-) -> None:
+Filters = dict[tuple[bool, bool], bytes]  # (deny inet, template) → BPF program
+
+
+def _instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
     """Stage 2 in B, PID 1 of the new namespaces: finish the sandbox, run the shim. Never
-    returns."""
+    returns. `fds`: control socket, log pipe and, for a template, its /tmp."""
+    template = bool(plan.get("template"))
     try:
+        control_fd, log_fd = fds[0], fds[1]
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(control_fd, 3)
-        os.closerange(4, 65536)
+        if template:
+            os.dup2(fds[2], TMP_FD)
+            os.closerange(4, TMP_FD)
+            os.closerange(TMP_FD + 1, 65536)
+        else:
+            os.closerange(4, 65536)
         os.set_inheritable(3, True)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -288,7 +311,7 @@ def _instance(
         _drop_privileges(plan["uid"], plan["uid"])
         for port, path in plan["forwarders"]:
             _forwarder(port, path)
-        _load_bpf(filters[plan["network"] == "none"])
+        _load_bpf(filters[plan["network"] == "none", template])
     except BaseException as exc:  # tell the agent why, as an init error, then die
         error = {
             "errorMessage": f"sandbox set-up failed: {exc}",
@@ -303,25 +326,29 @@ def _instance(
             )
         finally:
             os._exit(125)
+    args = ["--control-fd", "3", *(a for p in plan["paths"] for a in ("--path", p))]
+    if template:
+        ports = [str(port) for port, _ in plan["forwarders"]]
+        args += ["--template", *(a for port in ports for a in ("--port", port))]
     try:
-        bootstrap.main(["--control-fd", "3", *(a for p in plan["paths"] for a in ("--path", p))])
+        bootstrap.main(args)
     except BaseException:
         traceback.print_exc()
         os._exit(1)
     os._exit(0)
 
 
-def _cold_instance(plan: dict[str, Any], fds: list[int], filters: dict[bool, bytes]) -> None:
+def _cold_instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
     """B without a pre-spawned sandbox: both stages now."""
     try:
         _prepare_root(plan)
     except BaseException as exc:
         os.write(fds[1], f"[ERROR] Sandbox.SetupError: {exc}\n".encode())
         os._exit(124)
-    _instance(plan, fds[0], fds[1], filters)
+    _instance(plan, fds, filters)
 
 
-def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: dict[bool, bytes]) -> None:
+def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) -> None:
     """B of a pre-spawned sandbox: build stage 1, then wait for the function's plan."""
     try:
         _prepare_root(plan)
@@ -332,7 +359,7 @@ def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: dict[bool
         os._exit(0)  # never used: the zygote went away
     header, fds = request
     slot.close()
-    _instance({**plan, **header["plan"]}, fds[0], fds[1], filters)
+    _instance({**plan, **header["plan"]}, fds, filters)
 
 
 # ---- the zygote loop ------------------------------------------------------------------------
@@ -373,27 +400,7 @@ def _fork_sandbox(cgroup_procs: list[str], keep: list[int], body: Any) -> int:
     return int(text)
 
 
-def _recv_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    fds = array.array("i")
-    head, ancdata, _, _ = sock.recvmsg(protocol.HEADER.size, socket.CMSG_SPACE(8 * 4))
-    if not head:
-        return None
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    while len(head) < protocol.HEADER.size:
-        more = sock.recv(protocol.HEADER.size - len(head))
-        if not more:
-            return None
-        head += more
-    header_len, payload_len = protocol.decode_lengths(head)
-    body = b""
-    while len(body) < header_len + payload_len:
-        more = sock.recv(header_len + payload_len - len(body))
-        if not more:
-            return None
-        body += more
-    return protocol.decode_header(body[:header_len]), list(fds)
+_recv_request = bootstrap.recv_with_fds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -402,7 +409,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seccomp-module", required=True)
     args = parser.parse_args(argv)
     seccomp = _load("seccomp", args.seccomp_module)
-    filters = {deny: policy.compile_bpf(seccomp, deny_inet=deny) for deny in (False, True)}
+    filters = {
+        (deny, template): policy.compile_bpf(seccomp, deny_inet=deny, template=template)
+        for deny in (False, True)
+        for template in (False, True)
+    }
     sock = socket.socket(fileno=args.control_fd)
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the agent died: so do we
@@ -442,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
                 theirs.close()
                 slots[pid] = ours
                 reply = {"t": "warmed", "id": header.get("id"), "pid": pid}
-            elif kind == "spawn" and len(fds) == 2:
+            elif kind == "spawn" and len(fds) == (3 if plan.get("template") else 2):
                 slot = slots.pop(int(header.get("slot") or 0), None)
                 if slot is not None:
                     with slot:

@@ -26,6 +26,9 @@ class InstanceSpec:
     ephemeral_mb: int = 512
     network: str = "platform"  # "none" | "platform" (Gureum's APIs) | "internet" (+ egress)
     egress_allow: tuple[str, ...] = ()  # internet: allowed hosts (empty: public hosts only)
+    # Names the function version (account, function, version, revision) for drivers that fork
+    # later instances from a template; None: never share a template with anything.
+    template_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class Sandbox(Protocol):
         both stdout and stderr; the caller closes its copies of both after this returns.
         Raises SandboxError when the process cannot be started.
         """
+
+    def retire_template(self, template_key: str) -> None:
+        """The version named `template_key` changed or is gone: fork nothing more from its
+        template. Instances already forked from it live on. Safe to call for unknown keys."""
 
     async def close(self) -> None:
         """Release driver-wide resources. Instances must have been killed before."""

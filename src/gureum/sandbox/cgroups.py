@@ -63,6 +63,11 @@ class InstanceCgroup:
         """Where a process writes its pid to join (every controller on v1)."""
         return [str(d / "cgroup.procs") for d in self.dirs.values()]
 
+    def join(self, pid: int) -> None:
+        """Move process `pid` (not its existing children) into this cgroup."""
+        for path in self.procs_files:
+            _write(Path(path), str(pid))
+
     def limit(self, memory_mb: int, pids_max: int) -> None:
         memory = str(memory_mb * MB)
         quota = str(cpu_quota_us(memory_mb))

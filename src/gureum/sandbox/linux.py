@@ -4,6 +4,18 @@ See `gureum.runtime.zygote` for what happens in the child. This side prepares ea
 plan (its minimal root, uid, cgroup, network mode), hands the zygote the instance's control
 socket and log pipe, learns the instance's pid and, later, its exit status. It also serves the
 Unix socket through which sandboxed functions reach Gureum's own APIs (network `platform`).
+
+Templates: the first instance of a function version (`InstanceSpec.template_key`) starts cold;
+the second asks for a template of that version — one more sandbox, confined like any instance,
+that imports the handler and then only forks — and it and all later instances are forked from
+it with the handler already imported. Why that is safe, and what such an instance shares with
+its siblings, is in `gureum.runtime.bootstrap`. Here: each forked instance gets its own
+pre-created cgroup (its pid is moved in before it is handed over) and its own detached tmpfs;
+a template is retired when its version's spec changes, when `retire_template()` is called,
+after `template_keep_alive_s` without a fork, and after TEMPLATE_MAX_AGE_S (clients built at
+import keep the template's credentials). A retired template stops forking and exits once its
+instances are gone (it is PID 1 of their namespace). Templates need Landlock ABI 6 and the
+new mount API; without them every instance starts cold and `checks()` says so.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes
 import ctypes.util
 import hashlib
 import importlib.util
@@ -22,6 +35,8 @@ import signal
 import site
 import socket
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +44,7 @@ from urllib.parse import urlsplit
 
 from gureum.errors import SandboxError
 from gureum.runtime import protocol
+from gureum.runtime.bootstrap import LANDLOCK_MIN_ABI, landlock_abi
 from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
 from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup
@@ -44,6 +60,72 @@ PIDS_MAX = 512
 MB = 1024 * 1024
 NETWORK_MODES = ("none", "platform", "internet")
 PROXY_PORT = 3128  # inside internet-mode sandboxes: HTTP(S)_PROXY
+TEMPLATE_MAX_AGE_S = 3600.0  # well inside the 12 h of the credentials a template imports with
+TEMPLATE_WAIT_S = 10.0  # how long a start waits for its version's template (AWS's init limit)
+# variables that differ between instances of one version: not part of a template's identity
+PER_INSTANCE_ENV = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_LAMBDA_INITIALIZATION_TYPE",
+    }
+)
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432  # the same on every architecture
+FSOPEN_CLOEXEC, FSMOUNT_CLOEXEC = 1, 1
+FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
+MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 2, 4
+
+
+def detached_tmpfs(size_mb: int) -> int:
+    """A new tmpfs, mounted nowhere: an O_PATH descriptor of its root (root only)."""
+
+    def check(result: int, what: str) -> int:
+        if result < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"{what}: {os.strerror(code)}")
+        return result
+
+    fs = check(_libc.syscall(SYS_FSOPEN, b"tmpfs", FSOPEN_CLOEXEC), "fsopen")
+    try:
+        for key, value in ((b"size", f"{size_mb}m".encode()), (b"mode", b"1777")):
+            check(_libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_SET_STRING, key, value, 0), "fsconfig")
+        check(_libc.syscall(SYS_FSCONFIG, fs, FSCONFIG_CMD_CREATE, None, None, 0), "fsconfig")
+        attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        return check(_libc.syscall(SYS_FSMOUNT, fs, FSMOUNT_CLOEXEC, attrs), "fsmount")
+    finally:
+        os.close(fs)
+
+
+def _spec_digest(spec: InstanceSpec) -> str:
+    """Everything about a spec that a template bakes in (all but per-instance variables)."""
+    env = sorted((k, v) for k, v in spec.env.items() if k not in PER_INSTANCE_ENV)
+    fields = (
+        spec.function_name, spec.version, str(spec.code_dir), spec.handler, spec.memory_mb,
+        spec.timeout_s, spec.ephemeral_mb, spec.network, spec.egress_allow, env,
+    )  # fmt: skip
+    return hashlib.sha256(repr(fields).encode()).hexdigest()
+
+
+def _host_pid(parent: int, ns_pid: int) -> int | None:
+    """The host pid of `parent`'s child that is `ns_pid` in its own PID namespace."""
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:"):
+                if line.split()[-1] == str(ns_pid):
+                    return int(child)
+                break
+    return None
 
 
 def linux_sandbox_cgroups() -> tuple[CgroupTree | None, str]:
@@ -78,9 +160,12 @@ class _LinuxProcess:
     exited: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    on_exit: Callable[[], None] | None = None
+    template: bool = False  # forked from a template (rather than from the zygote)
 
     def kill(self) -> None:
-        # B is PID 1 of its namespace: when it dies the kernel kills everything inside.
+        # B is PID 1 of its namespace: when it dies the kernel kills everything inside. An
+        # instance forked from a template is not; its cgroup holds its whole tree.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -91,6 +176,54 @@ class _LinuxProcess:
 
     def fault(self) -> str | None:
         return "Runtime.OutOfMemory" if self.oom_killed else None
+
+
+class _DiscardLog(asyncio.Protocol):
+    """A template's own log: import-time output, kept short for a warning if it fails."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.tail = (self.tail + data)[-4096:]
+
+
+@dataclass
+class _Template:
+    key: str
+    digest: str
+    ready: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    process: _LinuxProcess | None = None
+    sock: socket.socket | None = None
+    writer: asyncio.StreamWriter | None = None
+    log: _DiscardLog | None = None
+    log_transport: asyncio.BaseTransport | None = None
+    ports: list[int] = field(default_factory=list)
+    forks: dict[int, asyncio.Future[int]] = field(default_factory=dict)
+    children: dict[int, _LinuxProcess] = field(default_factory=dict)  # by pid in its namespace
+    early_exits: dict[int, int] = field(default_factory=dict)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    retired: bool = False
+    why_not: str = ""  # refused or failed: why
+
+
+def templates_unavailable() -> str | None:
+    """Why this host cannot use templates, or None when it can."""
+    abi = landlock_abi()
+    if abi < LANDLOCK_MIN_ABI:
+        return (
+            f"needs Landlock ABI {LANDLOCK_MIN_ABI} (Linux 6.12+, Landlock enabled), "
+            f"this kernel has {abi or 'none'}"
+        )
+    try:
+        os.close(detached_tmpfs(1))
+    except OSError as exc:
+        return f"cannot make detached tmpfs mounts: {exc}"
+    return None
 
 
 class LinuxSandbox:
@@ -104,6 +237,9 @@ class LinuxSandbox:
         endpoint: str,
         cgroups: CgroupTree,
         warm_target: int = 2,
+        templates: bool = True,
+        template_keep_alive_s: float = 300.0,
+        max_templates: int = 16,
     ) -> None:
         self.data_dir = data_dir
         self.endpoint = endpoint
@@ -132,6 +268,16 @@ class LinuxSandbox:
         self.warm_target = warm_target
         self._background: set[asyncio.Task[Any]] = set()
         self._static = self._static_plan()
+        self._templates: dict[str, _Template] = {}
+        self._seen: set[tuple[str, str]] = set()  # (template key, digest) started cold once
+        self.template_keep_alive_s = template_keep_alive_s
+        self.max_templates = max_templates
+        self._template_reaper: asyncio.Task[None] | None = None
+        self.templates_off: str | None = "turned off in settings"
+        if templates:
+            self.templates_off = templates_unavailable()
+            if self._static["late_binds"]:
+                self.templates_off = "the Python runtime lives under /tmp"
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -195,6 +341,8 @@ class LinuxSandbox:
             # keep the writer: when it is collected it closes the shared transport
             reader, self._writer = await asyncio.open_unix_connection(sock=parent)
             self._reader_task = asyncio.create_task(self._read_replies(reader))
+            if self.templates_off is None and self._template_reaper is None:
+                self._template_reaper = asyncio.create_task(self._reap_templates_forever())
 
     async def _start_api_relay(self) -> None:
         """A Unix socket the sandboxes' forwarders connect to, relayed to the endpoint."""
@@ -276,11 +424,14 @@ class LinuxSandbox:
             self._finish(process, status)
 
     def _finish(self, process: _LinuxProcess, status: int) -> None:
+        if process.exited.done():
+            return
         process.oom_killed = process.cgroup.oom_kills() > 0
-        if not process.exited.done():
-            process.exited.set_result(status)
+        process.exited.set_result(status)
         self._uids.discard(process.uid)
         self._in_background(asyncio.to_thread(process.cgroup.remove))
+        if process.on_exit is not None:
+            process.on_exit()
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -304,6 +455,14 @@ class LinuxSandbox:
             IsolationCheck("seccomp", True, f"{len(DENIED_SYSCALLS)} escape syscalls refused"),
             IsolationCheck("unprivileged user", True, "own uid per instance, no capabilities"),
             IsolationCheck("platform code hidden", True, "site-packages hidden; boto3 offered"),
+            IsolationCheck(
+                "templates (SnapStart by fork)",
+                True,
+                "off: " + self.templates_off
+                if self.templates_off
+                else "on: forked instances get their own cgroup, /tmp and Landlock domain; "
+                "they share uid and namespaces with instances of the same version only",
+            ),
         ]
 
     def _allocate_uid(self) -> int:
@@ -322,13 +481,7 @@ class LinuxSandbox:
     def _function_plan(self, spec: InstanceSpec, uid: int) -> dict[str, Any]:
         """The per-function rest of a sandbox's plan."""
         port = urlsplit(self.endpoint).port or 80
-        env = {
-            **spec.env,
-            "LAMBDA_TASK_ROOT": "/var/task",
-            "LAMBDA_RUNTIME_DIR": "/var/runtime",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "HOME": "/tmp",
-        }
+        env = self._instance_env(spec)
         binds = [(str(spec.code_dir), "/var/task")]
         forwarders: list[tuple[int, str]] = []
         if spec.network in ("platform", "internet"):
@@ -340,10 +493,6 @@ class LinuxSandbox:
             forwarders.append((PROXY_PORT, "/run/gureum/egress.sock"))
             if os.path.isdir("/etc/ssl"):
                 binds.append(("/etc/ssl", "/etc/ssl"))  # CA certificates for TLS
-            proxy_url = f"http://127.0.0.1:{PROXY_PORT}"
-            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-                env[name] = proxy_url
-            env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         return {
             "function_binds": binds,
             "tmp_mb": spec.ephemeral_mb,
@@ -365,6 +514,22 @@ class LinuxSandbox:
             "paths": ["/opt/gureum/python"],
         }
 
+    def _instance_env(self, spec: InstanceSpec) -> dict[str, str]:
+        port = urlsplit(self.endpoint).port or 80
+        env = {
+            **spec.env,
+            "LAMBDA_TASK_ROOT": "/var/task",
+            "LAMBDA_RUNTIME_DIR": "/var/runtime",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "HOME": "/tmp",
+        }
+        if spec.network == "internet":
+            proxy_url = f"http://127.0.0.1:{PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                env[name] = proxy_url
+            env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+        return env
+
     async def _request(self, header: dict[str, Any], fds: list[int] | None = None) -> int:
         """Send one request to the zygote and wait for the pid it answers with."""
         request_id = next(self._ids)
@@ -384,6 +549,14 @@ class LinuxSandbox:
         await self._ensure_started()
         if spec.network == "internet":
             await self._ensure_proxy(AllowList(spec.egress_allow))
+        template = await self._template_for(spec)
+        if template is not None:
+            return await self._fork(template, spec, control_fd, log_fd)
+        return await self._spawn(spec, [control_fd, log_fd])
+
+    async def _spawn(self, spec: InstanceSpec, fds: list[int]) -> _LinuxProcess:
+        """A sandbox from the zygote: an instance, or with a third descriptor (its /tmp) a
+        template."""
         warm = self._warm.pop() if self._warm else None
         self._in_background(self._fill_warm())
         if warm is not None:
@@ -394,11 +567,11 @@ class LinuxSandbox:
         try:
             cgroup.limit(spec.memory_mb, PIDS_MAX)
             plan = self._function_plan(spec, uid)
+            if len(fds) == 3:
+                plan["template"] = True
             if not slot:
                 plan.update(self._warm_plan(cgroup))
-            pid = await self._request(
-                {"t": "spawn", "slot": slot, "plan": plan}, [control_fd, log_fd]
-            )
+            pid = await self._request({"t": "spawn", "slot": slot, "plan": plan}, fds)
         except BaseException as exc:
             self._uids.discard(uid)
             if slot:
@@ -414,6 +587,202 @@ class LinuxSandbox:
         else:
             self._processes[pid] = process
         return process
+
+    # ---- templates --------------------------------------------------------------------------
+
+    async def _template_for(self, spec: InstanceSpec) -> _Template | None:
+        """The ready template to fork `spec`'s instance from, or None to start it cold. The
+        first start of a version is cold; the second builds the template and waits for it."""
+        if self.templates_off is not None or spec.template_key is None:
+            return None
+        digest = _spec_digest(spec)
+        template = self._templates.get(spec.template_key)
+        if template is not None and template.digest != digest:
+            self._retire(template)  # the version's code or configuration changed
+            template = None
+        if template is None:
+            if (spec.template_key, digest) not in self._seen:
+                if len(self._seen) > 10_000:
+                    self._seen.clear()
+                self._seen.add((spec.template_key, digest))
+                return None
+            template = _Template(spec.template_key, digest)
+            self._templates[spec.template_key] = template
+            self._in_background(self._build_template(template, spec))
+            self._evict_templates()
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(template.ready), TEMPLATE_WAIT_S)
+        except TimeoutError:
+            return None
+        if not ok or template.retired:
+            return None
+        template.last_used = time.monotonic()
+        return template
+
+    async def _build_template(self, template: _Template, spec: InstanceSpec) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_read, log_write = os.pipe()
+        tmp = -1
+        try:
+            tmp = detached_tmpfs(spec.ephemeral_mb)
+            process = await self._spawn(spec, [theirs.fileno(), log_write, tmp])
+        except (OSError, SandboxError) as exc:
+            ours.close()
+            os.close(log_read)
+            self._template_failed(template, f"could not start: {exc}")
+            return
+        finally:
+            theirs.close()
+            os.close(log_write)
+            if tmp >= 0:
+                os.close(tmp)
+        process.on_exit = lambda: self._template_exited(template)
+        template.process = process
+        template.sock = ours
+        loop = asyncio.get_running_loop()
+        template.log_transport, template.log = await loop.connect_read_pipe(
+            _DiscardLog, os.fdopen(log_read, "rb", buffering=0)
+        )
+        port = urlsplit(self.endpoint).port or 80
+        template.ports = {"none": [], "platform": [port], "internet": [port, PROXY_PORT]}[
+            spec.network
+        ]
+        reader, template.writer = await asyncio.open_unix_connection(sock=ours)
+        if template.retired:  # retired while it started
+            self._retire(template)
+        await self._template_replies(template, reader)
+
+    async def _template_replies(self, template: _Template, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                prefix = await reader.readexactly(protocol.HEADER.size)
+                header_len, payload_len = protocol.decode_lengths(prefix)
+                header = protocol.decode_header(await reader.readexactly(header_len))
+                payload = await reader.readexactly(payload_len) if payload_len else b""
+                kind = header.get("t")
+                if kind == "ready" and not template.ready.done():
+                    template.ready.set_result(True)
+                elif kind in ("refused", "init_error"):
+                    why = header.get("reason") or payload.decode(errors="replace")[:500]
+                    self._template_failed(template, str(why))
+                elif kind == "forked":
+                    future = template.forks.get(int(header.get("id") or 0))
+                    if future is not None and not future.done():
+                        future.set_result(int(header["pid"]))
+                elif kind == "exit":
+                    pid, status = int(header["pid"]), int(header["status"])
+                    child = template.children.pop(pid, None)
+                    if child is None:
+                        template.early_exits[pid] = status
+                    else:
+                        self._finish(child, status)
+        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
+            pass
+        finally:
+            self._template_failed(template, "the template exited")
+
+    def _template_failed(self, template: _Template, why: str) -> None:
+        if not template.ready.done():
+            tail = template.log.tail.decode(errors="replace") if template.log else ""
+            log.warning(
+                "no template for %s, its instances start cold: %s%s",
+                template.key, why, f"\n{tail}" if tail.strip() else "",
+            )  # fmt: skip
+            template.why_not = why
+            template.ready.set_result(False)
+        for future in template.forks.values():
+            if not future.done():
+                future.set_exception(SandboxError(f"the template is gone: {why}"))
+
+    def _template_exited(self, template: _Template) -> None:
+        """The template died; as PID 1 of its namespace it took its instances with it."""
+        self._template_failed(template, "the template exited")
+        template.retired = True
+        if self._templates.get(template.key) is template:
+            del self._templates[template.key]
+        for child in template.children.values():
+            self._finish(child, -signal.SIGKILL)
+        template.children.clear()
+        if template.writer is not None:
+            template.writer.close()
+        if template.log_transport is not None:
+            template.log_transport.close()
+
+    async def _fork(
+        self, template: _Template, spec: InstanceSpec, control_fd: int, log_fd: int
+    ) -> _LinuxProcess:
+        """An instance forked from `template`, moved into its own cgroup."""
+        assert template.sock is not None and template.process is not None
+        cgroup = await asyncio.to_thread(self.cgroups.prepare)
+        request_id = next(self._ids)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        template.forks[request_id] = future
+        tmp = -1
+        host_pid: int | None = None
+        try:
+            cgroup.limit(spec.memory_mb, PIDS_MAX)
+            tmp = detached_tmpfs(spec.ephemeral_mb)
+            header = {"t": "fork", "id": request_id, "env": self._instance_env(spec)}
+            async with template.send_lock:
+                await self._send_with_fds(
+                    protocol.encode(header), [control_fd, log_fd, tmp], template.sock
+                )
+            ns_pid = await asyncio.wait_for(future, TEMPLATE_WAIT_S)
+            host_pid = _host_pid(template.process.pid, ns_pid)
+            if host_pid is None:
+                raise SandboxError("the forked instance vanished before it was placed")
+            cgroup.join(host_pid)
+        except BaseException as exc:
+            if host_pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(host_pid, signal.SIGKILL)
+            self._in_background(asyncio.to_thread(cgroup.remove))
+            if isinstance(exc, OSError):
+                raise SandboxError(f"could not fork from the template: {exc}") from exc
+            raise
+        finally:
+            template.forks.pop(request_id, None)
+            if tmp >= 0:
+                os.close(tmp)
+        process = _LinuxProcess(host_pid, cgroup, self, -1, template=True)
+        if ns_pid in template.early_exits:
+            self._finish(process, template.early_exits.pop(ns_pid))
+        else:
+            template.children[ns_pid] = process
+        return process
+
+    def retire_template(self, template_key: str) -> None:
+        template = self._templates.get(template_key)
+        if template is not None:
+            self._retire(template)
+
+    def _retire(self, template: _Template) -> None:
+        """Fork nothing more; the template exits once its instances are gone."""
+        template.retired = True
+        if self._templates.get(template.key) is template:
+            del self._templates[template.key]
+        if template.sock is not None:
+            with contextlib.suppress(OSError):
+                template.sock.shutdown(socket.SHUT_WR)
+
+    def _evict_templates(self) -> None:
+        while len(self._templates) > self.max_templates:
+            self._retire(min(self._templates.values(), key=lambda t: t.last_used))
+
+    async def _reap_templates_forever(self) -> None:
+        interval = max(0.2, min(5.0, self.template_keep_alive_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for template in list(self._templates.values()):
+                idle = now - template.last_used > self.template_keep_alive_s
+                if idle or now - template.created > TEMPLATE_MAX_AGE_S:
+                    self._retire(template)
+
+    @property
+    def template_count(self) -> int:
+        """Templates alive or starting (each holds one sandbox's worth of node capacity)."""
+        return len(self._templates)
 
     async def _ensure_proxy(self, allow: AllowList) -> None:
         if allow.key not in self._proxies:
@@ -438,22 +807,28 @@ class LinuxSandbox:
                 self._warming -= 1
             self._warm.append((pid, cgroup))
 
-    async def _send_with_fds(self, frame: bytes, fds: list[int]) -> None:
-        assert self._sock is not None
+    async def _send_with_fds(
+        self, frame: bytes, fds: list[int], sock: socket.socket | None = None
+    ) -> None:
+        sock = sock or self._sock
+        assert sock is not None
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         sent = 0
         while sent < len(frame):
             try:
                 if sent == 0:
-                    sent = self._sock.sendmsg([frame], ancillary)
+                    sent = sock.sendmsg([frame], ancillary)
                 else:
-                    sent += self._sock.send(frame[sent:])
+                    sent += sock.send(frame[sent:])
             except BlockingIOError:
                 await asyncio.sleep(0.001)
 
     async def close(self) -> None:
         self._closing = True
-        for process in list(self._processes.values()):
+        if self._template_reaper is not None:
+            self._template_reaper.cancel()
+        forked = [c for t in self._templates.values() for c in t.children.values()]
+        for process in [*self._processes.values(), *forked]:
             process.kill()
         if self._zygote is not None and self._zygote.returncode is None:
             self._zygote.kill()
@@ -470,8 +845,10 @@ class LinuxSandbox:
             self._api_server.close()
         for proxy in self._proxies.values():
             await proxy.close()
-        for process in list(self._processes.values()):
+        for process in [*self._processes.values(), *forked]:
             await asyncio.to_thread(process.cgroup.remove)
+        for template in list(self._templates.values()):
+            self._template_exited(template)
         for pid, cgroup in self._warm:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -93,5 +93,8 @@ class ProcessSandbox:
             raise SandboxError(f"could not start instance of {spec.function_name}: {exc}") from exc
         return _Process(proc)
 
+    def retire_template(self, template_key: str) -> None:
+        return None  # no templates: every instance starts from scratch
+
     async def close(self) -> None:
         return None
