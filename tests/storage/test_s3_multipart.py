@@ -144,3 +144,84 @@ def test_boto3_transfer_manager(
     target = tmp_path / "down.bin"
     s3.download_file(bucket, "managed.bin", str(target), Config=config)  # ranged GETs
     assert target.read_bytes() == data
+
+
+def test_upload_part_copy_with_ranges(server: RunningServer, s3: Any, bucket: str) -> None:
+    source = os.urandom(7 * MIB + 123)
+    s3.put_object(Bucket=bucket, Key="src/big.bin", Body=source)
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="assembled")["UploadId"]
+    copy_source = {"Bucket": bucket, "Key": "src/big.bin"}
+    first = s3.upload_part_copy(
+        Bucket=bucket,
+        Key="assembled",
+        UploadId=upload_id,
+        PartNumber=1,
+        CopySource=copy_source,
+        CopySourceRange=f"bytes=0-{5 * MIB - 1}",
+    )["CopyPartResult"]
+    assert first["ETag"] == f'"{hashlib.md5(source[: 5 * MIB]).hexdigest()}"'
+    assert first["LastModified"]
+    # the whole source (no range), then an uploaded tail
+    whole = s3.upload_part_copy(
+        Bucket=bucket, Key="assembled", UploadId=upload_id, PartNumber=2, CopySource=copy_source
+    )["CopyPartResult"]
+    assert whole["ETag"] == f'"{hashlib.md5(source).hexdigest()}"'
+    tail = s3.upload_part(
+        Bucket=bucket, Key="assembled", UploadId=upload_id, PartNumber=3, Body=b"tail"
+    )
+    listed = s3.list_parts(Bucket=bucket, Key="assembled", UploadId=upload_id)["Parts"]
+    assert [p["Size"] for p in listed] == [5 * MIB, len(source), 4]
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="assembled",
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": first["ETag"]},
+                {"PartNumber": 2, "ETag": whole["ETag"]},
+                {"PartNumber": 3, "ETag": tail["ETag"]},
+            ]
+        },
+    )
+    expected = source[: 5 * MIB] + source + b"tail"
+    assert done["ETag"] == multipart_etag([source[: 5 * MIB], source, b"tail"])
+    got = s3.get_object(Bucket=bucket, Key="assembled")["Body"].read()
+    assert got == expected
+
+
+def test_upload_part_copy_errors(server: RunningServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="small", Body=b"0123456789")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="dest")["UploadId"]
+
+    def copy(**extra: Any) -> Any:
+        return s3.upload_part_copy(
+            Bucket=bucket,
+            Key="dest",
+            UploadId=upload_id,
+            PartNumber=1,
+            **{"CopySource": {"Bucket": bucket, "Key": "small"}, **extra},
+        )
+
+    for bad, code in [
+        ({"CopySourceRange": "bytes=5-100"}, "InvalidRange"),
+        ({"CopySourceRange": "bytes=7-3"}, "InvalidArgument"),
+        ({"CopySourceRange": "5-6"}, "InvalidArgument"),
+        ({"CopySource": {"Bucket": bucket, "Key": "missing"}}, "NoSuchKey"),
+        ({"CopySource": {"Bucket": "no-such-bucket-x", "Key": "small"}}, "NoSuchBucket"),
+        ({"CopySourceIfMatch": '"not-the-etag"'}, "PreconditionFailed"),
+    ]:
+        with pytest.raises(ClientError) as failed:
+            copy(**bad)
+        assert failed.value.response["Error"]["Code"] == code, bad
+    with pytest.raises(ClientError) as failed:
+        s3.upload_part_copy(
+            Bucket=bucket,
+            Key="dest",
+            UploadId="no-such-upload",
+            PartNumber=1,
+            CopySource={"Bucket": bucket, "Key": "small"},
+        )
+    assert failed.value.response["Error"]["Code"] == "NoSuchUpload"
+    part = copy(CopySourceRange="bytes=2-4")["CopyPartResult"]
+    assert part["ETag"] == f'"{hashlib.md5(b"234").hexdigest()}"'
+    assert s3.list_parts(Bucket=bucket, Key="dest", UploadId=upload_id)["Parts"][0]["Size"] == 3

@@ -317,6 +317,12 @@ def test_events_reach_the_queue_with_aws_record_shape(
     got = s3.get_bucket_notification_configuration(Bucket="uploads")
     assert [c["Id"] for c in got["QueueConfigurations"]] == ["csv-to-queue"]
     assert len(got["LambdaFunctionConfigurations"]) == 1
+    # as on AWS, accepting the configuration sends the queue one s3:TestEvent
+    [test] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=test["ReceiptHandle"])
+    test_event = json.loads(test["Body"])
+    assert test_event["Event"] == "s3:TestEvent" and test_event["Service"] == "Amazon S3"
+    assert test_event["Bucket"] == "uploads" and test_event["Time"].endswith("Z")
     s3.put_object(Bucket="uploads", Key="in/a report.csv", Body=b"1,2,3")
     s3.put_object(Bucket="uploads", Key="out/b.csv", Body=b"ignored: prefix")
     s3.put_object(Bucket="uploads", Key="in/c.txt", Body=b"ignored: suffix")

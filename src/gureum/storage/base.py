@@ -65,6 +65,12 @@ class BlobStore(Protocol):
         """Remove a blob; a no-op when it does not exist."""
         ...
 
+    async def unchanged_since(self, before: float) -> list[str]:
+        """Ids of the committed blobs not created, linked or written since `before` (epoch
+        seconds), and discard unfinished writes idle since then. For the sweeper: a blob no
+        metadata names and unchanged for long is an orphan a crash left behind."""
+        ...
+
     async def close(self) -> None:
         """Release resources; idempotent."""
         ...

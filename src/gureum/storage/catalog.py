@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -28,6 +29,8 @@ _PAGE = 1000
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
+# more writes to make in a change's transaction (its notifications)
+AlsoWrite = Callable[[AsyncConnection], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,21 @@ def _object(row: sa.RowMapping) -> ObjectMeta:
     )
 
 
+# an object and its bucket in one round trip; built once, so SQLAlchemy caches it whole
+_LOOKUP = (
+    sa.select(s3_buckets.c.name.label("bucket"), *[c for c in s3_objects.c if c.name != "bucket"])
+    .select_from(
+        s3_buckets.outerjoin(
+            s3_objects,
+            sa.and_(
+                s3_objects.c.bucket == s3_buckets.c.name, s3_objects.c.key == sa.bindparam("key")
+            ),
+        )
+    )
+    .where(s3_buckets.c.name == sa.bindparam("bucket"))
+)
+
+
 class ObjectCatalog:
     """Object metadata over a `Database`. Methods raise S3Error with AWS's codes."""
 
@@ -239,10 +257,14 @@ class ObjectCatalog:
 
     # -- objects ---------------------------------------------------------------------------
 
-    async def put_object(self, meta: ObjectMeta) -> str | None:
-        """Insert or replace an object; return the blob it replaced, if any."""
+    async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
+        """Insert or replace an object (and make the `also` writes in the same transaction);
+        return the blob it replaced, if any."""
         async with self.db.engine.begin() as conn:
-            return await self._put_object(conn, meta)
+            old = await self._put_object(conn, meta)
+            if also is not None:
+                await also(conn)
+        return old
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
         raw = check_key(meta.key)
@@ -281,8 +303,20 @@ class ObjectCatalog:
             )
         return None if row is None else _object(row)
 
-    async def delete_object(self, bucket: str, key: str) -> ObjectMeta | None:
-        """Remove an object; return what was removed (None: there was nothing)."""
+    async def lookup(self, bucket: str, key: str) -> ObjectMeta | None:
+        """The object, or None; NoSuchBucket if the bucket is missing (one query for both)."""
+        raw = check_key(key)
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(_LOOKUP, {"bucket": bucket, "key": raw})).mappings().first()
+        if row is None:
+            raise no_such_bucket(bucket)
+        return None if row["blob"] is None else _object(row)
+
+    async def delete_object(
+        self, bucket: str, key: str, also: AlsoWrite | None = None
+    ) -> ObjectMeta | None:
+        """Remove an object (with the `also` writes in the same transaction, when there was
+        one); return what was removed (None: there was nothing)."""
         raw = check_key(key)
         where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
         async with self.db.engine.begin() as conn:
@@ -290,6 +324,8 @@ class ObjectCatalog:
             if row is None:
                 return None
             await conn.execute(s3_objects.delete().where(where))
+            if also is not None:
+                await also(conn)
         return _object(row)
 
     async def list_objects(
@@ -461,6 +497,31 @@ class ObjectCatalog:
                 await conn.execute(s3_parts.update().where(where).values(**values))
         return old
 
+    async def referenced_blobs(self) -> set[str]:
+        """Every blob an object or an unfinished upload's part names."""
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.union(sa.select(s3_objects.c.blob), sa.select(s3_parts.c.blob))
+            )
+            return {row[0] for row in rows}
+
+    async def uploads_before(self, before: float) -> list[Upload]:
+        """Unfinished uploads initiated before `before` (epoch seconds)."""
+        async with self.db.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(s3_uploads).where(s3_uploads.c.initiated_at < before)
+            )
+            return [
+                Upload(
+                    r["upload_id"],
+                    r["bucket"],
+                    bytes(r["key"]).decode(),
+                    [(k, v) for k, v in json.loads(r["headers"])],
+                    r["initiated_at"],
+                )
+                for r in rows.mappings()
+            ]
+
     async def list_parts(self, upload_id: str, after: int = 0, limit: int = 1000) -> list[Part]:
         async with self.db.engine.connect() as conn:
             rows = await conn.execute(
@@ -474,9 +535,12 @@ class ObjectCatalog:
                 for r in rows.mappings()
             ]
 
-    async def finish_upload(self, upload_id: str, meta: ObjectMeta | None) -> list[str]:
-        """End an upload: with `meta`, publish it as the object (complete), else abort.
-        Returns the blobs no longer referenced (the parts', and a replaced object's)."""
+    async def finish_upload(
+        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None = None
+    ) -> list[str]:
+        """End an upload: with `meta`, publish it as the object (complete), else abort; the
+        `also` writes go into the same transaction. Returns the blobs no longer referenced
+        (the parts', and a replaced object's)."""
         async with self.db.engine.begin() as conn:
             blobs = list(
                 await conn.scalars(
@@ -493,4 +557,6 @@ class ObjectCatalog:
                 old = await self._put_object(conn, meta)
                 if old is not None:
                     blobs.append(old)
+            if also is not None:
+                await also(conn)
         return blobs

@@ -3,10 +3,14 @@
 A bucket's configuration lists destinations — Lambda functions and standard SQS queues — each
 with event types (`s3:ObjectCreated:*`, `s3:ObjectRemoved:Delete` …) and optional key
 prefix/suffix filters. A matching change becomes, per destination, one durable async
-invocation (`AsyncInvoker.enqueue`) or one queue message (`QueueStore.send`) whose payload is
-AWS's S3 event message, `{"Records": [...]}`, committed before the request that made the
-change is answered. A queue deleted after the configuration was accepted is skipped with a
-warning. FIFO queues are refused as destinations, as S3 refuses them.
+invocation (an `async_events` row, as `AsyncInvoker.row()` builds it) or one queue message
+(`QueueStore.send_in`) whose payload is AWS's S3 event message, `{"Records": [...]}`. These
+rows are inserted in the same transaction that commits the change (`Delivery.write`), so a
+committed change is never without its notifications, whenever the process dies; the
+workers and long polls are woken after the commit (`Delivery.announce`). A queue deleted
+after the configuration was accepted is skipped with a warning. FIFO queues are refused as
+destinations, as S3 refuses them. Putting a configuration sends `s3:TestEvent` to each of
+its queues, as S3 does.
 
 Recursion loops: a function that writes into a bucket that (directly or through other
 functions) triggers it again would run forever. Every write by a function's own credentials
@@ -26,14 +30,18 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote_plus
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from gureum.errors import S3Error, SQSError
+from gureum.events.async_invoke import AsyncInvoker
 from gureum.events.queue_store import QueueStore
-from gureum.events.queues import OutgoingMessage
+from gureum.events.queues import OutgoingMessage, Queue
+from gureum.store.schema import async_events
 
 log = logging.getLogger(__name__)
 MAX_CHAIN_DEPTH = 16
@@ -58,10 +66,6 @@ _QUEUE_ARN = re.compile(
     r"arn:aws:sqs:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
     r"(?P<name>[A-Za-z0-9_-]{1,80}(?:\.fifo)?)"
 )
-# enqueue(account, function name, qualifier, payload) -> request id
-Enqueue = Callable[[str, str, str | None, bytes], Awaitable[str]]
-# send_to_queue(account, queue name, body) -> message id, or None when the queue is gone
-SendToQueue = Callable[[str, str, str], Awaitable[str | None]]
 
 
 def _matches(events: list[str], prefix: str, suffix: str, event_name: str, key: str) -> bool:
@@ -206,19 +210,27 @@ class ObjectEvent:
     region: str
 
 
-def queue_sender(queues: QueueStore) -> SendToQueue:
-    """Durable sends of S3 event messages to the standard queues of `queues`."""
+@dataclass
+class Delivery:
+    """The notifications of one change, prepared before its transaction: `write` them in it,
+    `announce` them after it committed."""
 
-    async def send(account: str, name: str, body: str) -> str | None:
-        try:
-            queue = await queues.get_queue(account, name)
-        except SQSError:
-            log.warning("S3 notification to queue %s skipped: the queue is gone", name)
-            return None
-        [result] = await queues.send(queue, [OutgoingMessage(body)])
-        return result.message_id
+    invoker: AsyncInvoker
+    queues: QueueStore
+    events: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[tuple[Queue, OutgoingMessage]] = field(default_factory=list)
 
-    return send
+    async def write(self, conn: AsyncConnection) -> None:
+        for row in self.events:
+            await conn.execute(async_events.insert().values(**row))
+        for queue, message in self.messages:
+            await self.queues.send_in(conn, queue, message)
+
+    def announce(self) -> None:
+        if self.events:
+            self.invoker.wake()
+        for queue, _ in self.messages:
+            self.queues.notify(queue)
 
 
 @dataclass
@@ -226,8 +238,8 @@ class Notifier:
     """Turns object events into durable invocations and queue messages (see the module
     docstring)."""
 
-    enqueue: Enqueue
-    send_to_queue: SendToQueue
+    invoker: AsyncInvoker
+    queues: QueueStore
     max_depth: int = MAX_CHAIN_DEPTH
     stops: deque[LoopStop] = field(default_factory=lambda: deque(maxlen=1000))
     _chains: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
@@ -240,23 +252,29 @@ class Notifier:
         depth, at = self._chains.get((event.account_id, writer), (0, 0.0))
         return depth + 1 if now - at <= CHAIN_WINDOW_S else 0
 
-    async def publish(self, targets: list[Target], event: ObjectEvent) -> list[str]:
-        """Deliver `event` to every matching target, durably; return the async request ids
-        and queue message ids."""
+    async def _queue(self, account: str, name: str) -> Queue | None:
+        try:
+            return await self.queues.get_queue(account, name)
+        except SQSError:
+            log.warning("S3 notification to queue %s skipped: the queue is gone", name)
+            return None
+
+    async def prepare(self, targets: list[Target], event: ObjectEvent) -> Delivery | None:
+        """The deliveries of `event` to every matching target (None: nothing matches)."""
         matching = [t for t in targets if t.matches(event.event_name, event.key)]
         if not matching:
-            return []
+            return None
         now = time.time()
         depth = self._depth_of_write(event, now)
         self._sequence += 1
         sequencer = f"{time.time_ns():016X}{self._sequence % 65536:04X}"
-        ids = []
+        delivery = Delivery(self.invoker, self.queues)
         for target in matching:
+            body = json.dumps({"Records": [event_record(event, target.id, sequencer)]})
             if isinstance(target, QueueTarget):
-                body = json.dumps({"Records": [event_record(event, target.id, sequencer)]})
-                message_id = await self.send_to_queue(*target.queue, body)
-                if message_id is not None:
-                    ids.append(message_id)
+                queue = await self._queue(*target.queue)
+                if queue is not None:
+                    delivery.messages.append((queue, OutgoingMessage(body)))
                 continue
             account, name, qualifier = target.function
             if depth >= self.max_depth:
@@ -274,10 +292,43 @@ class Notifier:
                     self.max_depth,
                 )
                 continue
-            payload = json.dumps({"Records": [event_record(event, target.id, sequencer)]})
-            ids.append(await self.enqueue(account, name, qualifier, payload.encode()))
+            config = await self.invoker.configs.lookup(account, name, qualifier)
+            delivery.events.append(
+                self.invoker.row(
+                    account,
+                    name,
+                    qualifier,
+                    body.encode(),
+                    max_attempts=config.retries + 1,
+                    max_age_s=config.max_age_s,
+                )
+            )
             self._chains[(account, name)] = (depth, now)
-        return ids
+        return delivery
+
+    async def test_event(
+        self, targets: list[Target], bucket: str, request_id: str, account: str
+    ) -> None:
+        """Send S3's `s3:TestEvent` message to each distinct queue of a new configuration."""
+        moment = datetime.now(UTC)
+        body = json.dumps(
+            {
+                "Service": "Amazon S3",
+                "Event": "s3:TestEvent",
+                "Time": moment.strftime("%Y-%m-%dT%H:%M:%S.")
+                + f"{moment.microsecond // 1000:03d}Z",
+                "Bucket": bucket,
+                "RequestId": request_id,
+                "HostId": request_id,
+            }
+        )
+        sent: set[tuple[str, str]] = set()
+        for target in targets:
+            if isinstance(target, QueueTarget) and target.queue not in sent:
+                sent.add(target.queue)
+                queue = await self._queue(*target.queue)
+                if queue is not None:
+                    await self.queues.send(queue, [OutgoingMessage(body)])
 
 
 def event_record(event: ObjectEvent, configuration_id: str, sequencer: str) -> dict[str, object]:

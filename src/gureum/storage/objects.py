@@ -3,7 +3,7 @@
 It enforces the rules around every write, whatever the caller: the body goes into a fresh
 blob which is committed (durable) before the metadata names it, a replaced or removed blob is
 deleted only after the metadata change committed, nothing of a failed write stays behind, and
-each change is notified (enqueued durably) before the call returns.
+each change's notifications are committed in the very transaction that commits the change.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobStore, BlobWriter
 from gureum.storage.catalog import (
+    Bucket,
     Headers,
     ObjectCatalog,
     ObjectMeta,
@@ -25,8 +26,8 @@ from gureum.storage.catalog import (
     check_key,
     no_such_key,
 )
-from gureum.storage.notifications import Notifier, ObjectEvent, load_targets
-from gureum.storage.payload import Received
+from gureum.storage.notifications import Delivery, Notifier, ObjectEvent, load_targets
+from gureum.storage.payload import Digests, Received
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -68,22 +69,17 @@ class ObjectStore:
         finally:
             await writer.abort()
 
-    async def _publish(self, meta: ObjectMeta, event: str, ctx: WriteContext) -> None:
-        old = await self.catalog.put_object(meta)
-        await self._discard([old])
-        await self._notify(event, meta.bucket, meta.key, meta, ctx)
-
-    async def _notify(
-        self, event: str, bucket: str, key: str, meta: ObjectMeta | None, ctx: WriteContext
-    ) -> None:
-        targets = load_targets((await self.catalog.get_bucket(bucket)).notification)
+    async def _delivery(
+        self, bucket: Bucket, event: str, key: str, meta: ObjectMeta | None, ctx: WriteContext
+    ) -> Delivery | None:
+        targets = load_targets(bucket.notification)
         if not targets:
-            return
-        await self.notifier.publish(
+            return None
+        return await self.notifier.prepare(
             targets,
             ObjectEvent(
                 event_name=event,
-                bucket=bucket,
+                bucket=bucket.name,
                 key=key,
                 size=meta.size if meta else None,
                 etag=meta.etag.strip('"') if meta else None,
@@ -95,12 +91,26 @@ class ObjectStore:
             ),
         )
 
+    async def _publish(
+        self, bucket: Bucket, meta: ObjectMeta, event: str, ctx: WriteContext
+    ) -> None:
+        """Commit `meta` with its notifications; on failure, its blob is deleted."""
+        try:
+            delivery = await self._delivery(bucket, event, meta.key, meta, ctx)
+            old = await self.catalog.put_object(meta, delivery.write if delivery else None)
+        except BaseException:
+            await self._discard([meta.blob])
+            raise
+        await self._discard([old])
+        if delivery is not None:
+            delivery.announce()
+
     async def put(
         self, bucket: str, key: str, headers: Headers, fill: Fill, ctx: WriteContext
     ) -> ObjectMeta:
         """Store a whole object from `fill` (PutObject)."""
         check_key(key)
-        await self.catalog.get_bucket(bucket)  # NoSuchBucket before reading any body
+        found = await self.catalog.get_bucket(bucket)  # NoSuchBucket before reading any body
         blob, received = await self._write(fill)
         if received.checksum is not None:
             algorithm, value = received.checksum
@@ -108,16 +118,11 @@ class ObjectStore:
         meta = ObjectMeta(
             bucket, key, blob, received.size, f'"{received.md5_hex}"', time.time(), headers
         )
-        try:
-            await self._publish(meta, "s3:ObjectCreated:Put", ctx)
-        except BaseException:
-            await self._discard([blob])
-            raise
+        await self._publish(found, meta, "s3:ObjectCreated:Put", ctx)
         return meta
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
-        await self.catalog.get_bucket(bucket)
-        meta = await self.catalog.get_object(bucket, key)
+        meta = await self.catalog.lookup(bucket, key)
         if meta is None:
             raise no_such_key(key)
         return meta
@@ -147,7 +152,7 @@ class ObjectStore:
     ) -> ObjectMeta:
         """CopyObject: `headers` None keeps the source's (MetadataDirective COPY)."""
         check_key(key)
-        await self.catalog.get_bucket(bucket)
+        found = await self.catalog.get_bucket(bucket)
         for _ in range(5):
             src = await self.head(*source)
             check(src)
@@ -165,21 +170,21 @@ class ObjectStore:
             time.time(),
             src.headers if headers is None else headers,
         )
-        try:
-            await self._publish(meta, "s3:ObjectCreated:Copy", ctx)
-        except BaseException:
-            await self._discard([blob])
-            raise
+        await self._publish(found, meta, "s3:ObjectCreated:Copy", ctx)
         return meta
 
     async def delete(self, bucket: str, key: str, ctx: WriteContext) -> None:
         """DeleteObject: deleting a missing key succeeds, as on S3."""
-        await self.catalog.get_bucket(bucket)
-        removed = await self.catalog.delete_object(bucket, key)
+        found = await self.catalog.get_bucket(bucket)
+        delivery = await self._delivery(found, "s3:ObjectRemoved:Delete", key, None, ctx)
+        removed = await self.catalog.delete_object(
+            bucket, key, delivery.write if delivery else None
+        )
         if removed is None:
             return
         await self._discard([removed.blob])
-        await self._notify("s3:ObjectRemoved:Delete", bucket, key, None, ctx)
+        if delivery is not None:
+            delivery.announce()
 
     async def delete_bucket(self, bucket: str) -> None:
         await self._discard(await self.catalog.delete_bucket(bucket))
@@ -214,6 +219,37 @@ class ObjectStore:
         await self._discard([old])
         return part
 
+    async def copy_part(
+        self,
+        source: tuple[str, str],
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        span: Callable[[ObjectMeta], tuple[int, int]],
+    ) -> Part:
+        """UploadPartCopy: the part is the source's bytes in `span(meta)` = (start, length)
+        (`span` may raise, e.g. for a failed precondition or a bad range)."""
+        await self.catalog.get_bucket(bucket)
+        await self.catalog.get_upload(bucket, key, upload_id)
+        _, reader = await self.open(*source, span)
+
+        async def fill(writer: BlobWriter) -> Received:
+            md5 = hashlib.md5()
+            digests = Digests([md5])
+            try:
+                async for chunk in reader:
+                    await writer.write(chunk)
+                    await digests.add(chunk)
+            finally:
+                await digests.finish()
+            return Received(writer.size, md5.hexdigest(), None)
+
+        try:
+            return await self.put_part(bucket, key, upload_id, number, fill)
+        finally:
+            await reader.close()
+
     async def complete(
         self,
         bucket: str,
@@ -223,7 +259,7 @@ class ObjectStore:
         ctx: WriteContext,
     ) -> ObjectMeta:
         """Assemble the listed (part number, ETag) parts into the object."""
-        await self.catalog.get_bucket(bucket)
+        found = await self.catalog.get_bucket(bucket)
         upload = await self.catalog.get_upload(bucket, key, upload_id)
         if not wanted:
             raise S3Error(
@@ -275,13 +311,18 @@ class ObjectStore:
             time.time(),
             upload.headers,
         )
+        event = "s3:ObjectCreated:CompleteMultipartUpload"
         try:
-            freed = await self.catalog.finish_upload(upload_id, meta)
+            delivery = await self._delivery(found, event, key, meta, ctx)
+            freed = await self.catalog.finish_upload(
+                upload_id, meta, delivery.write if delivery else None
+            )
         except BaseException:
             await self._discard([blob])
             raise
         await self._discard(freed)
-        await self._notify("s3:ObjectCreated:CompleteMultipartUpload", bucket, key, meta, ctx)
+        if delivery is not None:
+            delivery.announce()
         return meta
 
     async def abort(self, bucket: str, key: str, upload_id: str) -> None:

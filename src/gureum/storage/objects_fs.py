@@ -15,13 +15,16 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 _ID = re.compile(r"[0-9a-f]{32}")
 READ_CHUNK = 1024 * 1024
-_WRITE_BUFFER = 1024 * 1024
+# Bytes a writer collects before a worker thread writes them out, while the event loop goes
+# on receiving: big enough that thread hops are rare, small enough to bound memory per upload
+# (at most one batch being written plus one being collected).
+WRITE_BATCH = 2 * 1024 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,11 +36,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 class _FileWriter:
+    """Collects chunks without copying them and writes each batch in a worker thread; one
+    batch is written while the next is collected (writes stay in order)."""
+
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
         self._tmp = store.tmp / secrets.token_hex(16)
         self._file: BinaryIO | None = None
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._writing: asyncio.Future[None] | None = None
         self._size = 0
         self._done = False
 
@@ -49,35 +57,46 @@ class _FileWriter:
         if self._done:
             raise RuntimeError("blob writer already finished")
         self._size += len(data)
-        self._buffer += data
-        if len(self._buffer) >= _WRITE_BUFFER:
-            await self._flush()
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= WRITE_BATCH:
+            batch = self._take()
+            await self._wait_writing()
+            self._writing = asyncio.get_running_loop().run_in_executor(
+                None, self._write_sync, batch
+            )
 
-    async def _flush(self) -> None:
-        data, self._buffer = bytes(self._buffer), bytearray()
-        await asyncio.to_thread(self._write_sync, data)
+    def _take(self) -> list[bytes]:
+        batch, self._pending, self._pending_size = self._pending, [], 0
+        return batch
 
-    def _write_sync(self, data: bytes) -> None:
+    async def _wait_writing(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    def _write_sync(self, batch: list[bytes]) -> None:
         if self._file is None:
             self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
-        self._file.write(data)
+        for chunk in batch:
+            self._file.write(chunk)
 
     async def commit(self) -> str:
         if self._done:
             raise RuntimeError("blob writer already finished")
-        await self._flush()
         blob_id = secrets.token_hex(16)
         try:
-            await asyncio.to_thread(self._commit_sync, blob_id)
+            await self._wait_writing()
+            await asyncio.to_thread(self._commit_sync, self._take(), blob_id)
         except BaseException:
             await self.abort()
             raise
         self._done = True
         return blob_id
 
-    def _commit_sync(self, blob_id: str) -> None:
-        if self._file is None:
-            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed right below
+    def _commit_sync(self, batch: list[bytes], blob_id: str) -> None:
+        self._write_sync(batch)
+        assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -90,32 +109,52 @@ class _FileWriter:
         if self._done:
             return
         self._done = True
-        self._buffer = bytearray()
+        self._pending = []
+        with contextlib.suppress(Exception):
+            await self._wait_writing()  # never close the file under a writing thread
         if self._file is not None:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+            await asyncio.to_thread(self._tmp.unlink)
 
 
 class _FileReader:
-    """A `BlobReader` over an open file."""
+    """A `BlobReader` over an open file: reads `READ_CHUNK`s in a worker thread, the next one
+    while the caller sends the current one."""
 
-    def __init__(self, file: BinaryIO, length: int | None) -> None:
+    def __init__(self, file: BinaryIO, length: int, first: bytes) -> None:
         self._file = file
-        self._length = length
+        self._remaining = length - len(first)
+        self._first: bytes | None = first
+        self._next: asyncio.Future[bytes] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        remaining = self._length
-        while remaining is None or remaining > 0:
-            size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-            chunk = await asyncio.to_thread(self._file.read, size)
-            if not chunk:
-                return
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
+    def _read(self) -> bytes:
+        chunk = self._file.read(min(READ_CHUNK, self._remaining))
+        self._remaining -= len(chunk)
+        return chunk
+
+    def __aiter__(self) -> _FileReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            chunk, self._first = self._first, None
+        elif self._next is not None:
+            following, self._next = self._next, None
+            chunk = await following
+        else:
+            chunk = b""
+        if not chunk:
+            raise StopAsyncIteration
+        if self._remaining > 0:
+            self._next = asyncio.get_running_loop().run_in_executor(None, self._read)
+        return chunk
 
     async def close(self) -> None:
+        following, self._next = self._next, None
+        if following is not None:
+            with contextlib.suppress(Exception):
+                await following  # never close the file under a reading thread
         self._file.close()
 
 
@@ -142,13 +181,25 @@ class FileBlobStore:
     async def open(
         self, blob_id: str, start: int = 0, length: int | None = None
     ) -> _FileReader | None:
+        path = self.path(blob_id)
+
+        def open_and_read() -> tuple[BinaryIO, int, bytes]:
+            file = open(path, "rb")  # noqa: SIM115 - the reader closes it
+            try:
+                size = os.fstat(file.fileno()).st_size
+                wanted = max(0, size - start) if length is None else length
+                if start:
+                    file.seek(start)
+                return file, wanted, file.read(min(READ_CHUNK, wanted))
+            except BaseException:
+                file.close()
+                raise
+
         try:
-            file = await asyncio.to_thread(open, self.path(blob_id), "rb")
+            file, wanted, first = await asyncio.to_thread(open_and_read)
         except FileNotFoundError:
             return None
-        if start:
-            file.seek(start)
-        return _FileReader(file, length)
+        return _FileReader(file, wanted, first)
 
     async def copy(self, blob_id: str) -> str | None:
         new_id = secrets.token_hex(16)
@@ -180,6 +231,25 @@ class FileBlobStore:
     async def delete(self, blob_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(self.path(blob_id).unlink)
+
+    async def unchanged_since(self, before: float) -> list[str]:
+        return await asyncio.to_thread(self._unchanged_since, before)
+
+    def _unchanged_since(self, before: float) -> list[str]:
+        found = []
+        for shard in os.scandir(self.blobs):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(shard.path):
+                # ctime: a hard-linked copy shares its source's mtime, not its ctime
+                with contextlib.suppress(FileNotFoundError):
+                    if _ID.fullmatch(entry.name) and entry.stat().st_ctime < before:
+                        found.append(entry.name)
+        for entry in os.scandir(self.tmp):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < before:
+                    os.unlink(entry.path)
+        return found
 
     async def close(self) -> None:
         return None

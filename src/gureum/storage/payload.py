@@ -10,6 +10,7 @@ S3Error; the caller then aborts the writer, so nothing of a bad body is ever sto
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -30,6 +31,9 @@ STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096  # a chunk header or trailer line; real ones are < 200 bytes
+# Body bytes hashed per worker-thread batch, and below which a body is hashed inline.
+HASH_BATCH = 1024 * 1024
+INLINE_HASH = 64 * 1024
 _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-checksum-type")
 
 
@@ -74,6 +78,49 @@ class Received:
     checksum: tuple[str, str] | None  # (algorithm, base64 value), verified
 
 
+class Digests:
+    """Feeds body chunks to the hashes in a worker thread, one batch while the event loop
+    receives the next (hashlib releases the GIL on big buffers); small bodies are hashed
+    inline, where a thread hop would cost more than the hashing."""
+
+    def __init__(self, hashes: list[_Checksum]) -> None:
+        self._hashes = hashes
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._hashing: asyncio.Future[None] | None = None
+
+    def _update(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            for digest in self._hashes:
+                digest.update(chunk)
+
+    async def add(self, data: bytes) -> None:
+        self._batch.append(data)
+        self._batch_size += len(data)
+        if self._batch_size >= HASH_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        chunks, size = self._batch, self._batch_size
+        self._batch, self._batch_size = [], 0
+        hashing, self._hashing = self._hashing, None
+        if hashing is not None:
+            await hashing  # in order, and at most one batch in flight
+        if size < INLINE_HASH:
+            self._update(chunks)
+        elif chunks:
+            self._hashing = asyncio.get_running_loop().run_in_executor(None, self._update, chunks)
+
+    async def finish(self) -> None:
+        """Hash what is left and wait for it; the hashes are final after this returns."""
+        try:
+            await self._flush()
+        finally:
+            hashing, self._hashing = self._hashing, None
+            if hashing is not None:
+                await hashing
+
+
 def _incomplete() -> S3Error:
     return S3Error(
         "IncompleteBody",
@@ -86,23 +133,24 @@ def _malformed(detail: str) -> S3Error:
 
 
 class _Wire:
-    """Buffered reads from ASGI `receive`."""
+    """Buffered reads from ASGI `receive`; whole messages pass through uncopied when they can."""
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._buffer = bytearray()
         self.done = False
 
-    async def _fill(self) -> None:
+    async def _message(self) -> bytes:
         if self.done:
             raise _incomplete()
         message = await self._receive()
         if message["type"] == "http.disconnect":
             self.done = True
             raise _incomplete()
-        self._buffer += message.get("body", b"")
         if not message.get("more_body", False):
             self.done = True
+        body: bytes = message.get("body", b"")
+        return body
 
     async def line(self) -> bytes:
         while True:
@@ -113,13 +161,17 @@ class _Wire:
                 return line
             if len(self._buffer) > MAX_LINE:
                 raise _malformed("line too long")
-            await self._fill()
+            self._buffer += await self._message()
 
     async def take(self, size: int) -> bytes:
         """Up to `size` bytes (at least one), as soon as any are there."""
         while not self._buffer:
-            await self._fill()
-        chunk = bytes(self._buffer[:size])
+            body = await self._message()
+            if len(body) <= size and body:
+                return body
+            self._buffer += body
+        with memoryview(self._buffer) as view:
+            chunk = bytes(view[:size])
         del self._buffer[:size]
         return chunk
 
@@ -129,10 +181,11 @@ class _Wire:
             chunk = bytes(self._buffer)
             self._buffer.clear()
             return chunk
-        if self.done:
-            return None
-        await self._fill()
-        return await self.rest()
+        while not self.done:
+            body = await self._message()
+            if body:
+                return body
+        return None
 
     async def finish(self) -> None:
         """Require that nothing but the end of the body follows."""
@@ -230,6 +283,7 @@ async def receive_body(
     md5 = hashlib.md5()
     checksum: _Checksum | None = CHECKSUMS[algorithm]() if algorithm else None
     sha256 = hashlib.sha256() if not chunked and payload_hash != UNSIGNED else None
+    digests = Digests([h for h in (md5, checksum, sha256) if h is not None])
     wire = _Wire(receive)
     size = 0
 
@@ -238,21 +292,20 @@ async def receive_body(
         size += len(data)
         if size > max_size or (length is not None and size > length):
             raise _too_long(length, max_size)
-        md5.update(data)
-        if checksum is not None:
-            checksum.update(data)
-        if sha256 is not None:
-            sha256.update(data)
         await writer.write(data)
+        await digests.add(data)
 
     trailers: dict[str, str] = {}
-    if chunked:
-        trailers = await _read_chunks(
-            wire, accept, signing if payload_hash.startswith(STREAMING_SIGNED) else None
-        )
-    else:
-        while (piece := await wire.rest()) is not None:
-            await accept(piece)
+    try:
+        if chunked:
+            trailers = await _read_chunks(
+                wire, accept, signing if payload_hash.startswith(STREAMING_SIGNED) else None
+            )
+        else:
+            while (piece := await wire.rest()) is not None:
+                await accept(piece)
+    finally:
+        await digests.finish()
     if length is not None and size != length:
         raise _incomplete()
     if sha256 is not None and not hmac.compare_digest(sha256.hexdigest(), payload_hash):

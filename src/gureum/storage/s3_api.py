@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -32,7 +33,6 @@ from gureum.storage.notifications import (
     new_target_id,
     parse_function_arn,
     parse_queue_arn,
-    queue_sender,
     validate_target,
 )
 from gureum.storage.objects import ObjectStore
@@ -51,6 +51,7 @@ from gureum.storage.s3_xml import (
     text,
     xml_response,
 )
+from gureum.storage.sweeper import Sweeper
 
 MAX_DELETE_KEYS = 1000
 Operation = Callable[[S3Request, ObjectStore], Awaitable[Response]]
@@ -60,25 +61,34 @@ class S3API:
     """Routes S3 requests to operations; renders every failure as S3's XML error."""
 
     def __init__(
-        self, store: ObjectStore, lookup: SecretLookup, registry: Registry, queues: QueueStore
+        self,
+        store: ObjectStore,
+        lookup: SecretLookup,
+        registry: Registry,
+        queues: QueueStore,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.store = store
         self.lookup = lookup
         self.registry = registry
         self.queues = queues
+        self.sweeper = sweeper
 
     @classmethod
     def for_platform(cls, platform: Platform) -> S3API:
         """The S3 API over the platform's metadata store, with blobs in `<data dir>/objects`
-        and notifications through its durable async invoker and queues."""
+        and notifications through its durable async invoker and queues. Called on the
+        serving event loop, it also starts the sweeper there (its task ends with the loop)."""
         queues = platform.events.queues
+        catalog = ObjectCatalog(platform.db)
+        blobs = FileBlobStore(platform.settings.data_dir / "objects")
         store = ObjectStore(
-            ObjectCatalog(platform.db),
-            FileBlobStore(platform.settings.data_dir / "objects"),
-            Notifier(platform.async_invoker.enqueue, queue_sender(queues)),
-            platform.settings.region,
+            catalog, blobs, Notifier(platform.async_invoker, queues), platform.settings.region
         )
-        return cls(store, platform.keyring, platform.registry, queues)
+        sweeper = Sweeper(catalog, blobs)
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to sweep on
+            sweeper.start()
+        return cls(store, platform.keyring, platform.registry, queues, sweeper)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = None
@@ -361,6 +371,9 @@ class S3API:
         if len(set(ids)) != len(ids):
             raise S3Error("InvalidArgument", "Configuration IDs must be unique.")
         await store.catalog.set_notification(req.bucket, dump_targets(targets))
+        await store.notifier.test_event(
+            targets, req.bucket, req.request_id, req.identity.account_id
+        )
         return Response(b"", 200, headers={"x-amz-request-id": req.request_id})
 
     async def _lambda_target(self, req: S3Request, node: Element) -> LambdaTarget:

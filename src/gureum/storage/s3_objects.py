@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
 from urllib.parse import unquote
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobWriter
@@ -16,6 +17,7 @@ from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http
 from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
 
 MAX_OBJECT_SIZE = 5 * 1024**3  # single PUT, as S3
+_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 _RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -168,15 +170,39 @@ async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> 
     headers["content-length"] = str(length)
     if reader is None:
         return Response(b"", code, headers=headers)
-    return StreamingResponse(_stream(reader), code, headers=headers)
+    return BlobResponse(reader, length, code, headers)
 
 
-async def _stream(reader: BlobReader) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in reader:
-            yield chunk
-    finally:
-        await reader.close()
+class BlobResponse(Response):
+    """Streams a blob reader's chunks straight to ASGI `send` (no extra task per response,
+    as Starlette's StreamingResponse needs), the last chunk marked final; closes the reader."""
+
+    def __init__(
+        self, reader: BlobReader, length: int, status: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(None, status, headers)
+        self.reader = reader
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            sent = 0
+            async for chunk in self.reader:
+                sent += len(chunk)
+                more = sent < self.length
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.reader.close()
 
 
 async def put_object(req: S3Request, store: ObjectStore) -> Response:
@@ -188,7 +214,7 @@ async def put_object(req: S3Request, store: ObjectStore) -> Response:
     return Response(b"", 200, headers=headers)
 
 
-async def copy_object(req: S3Request, store: ObjectStore) -> Response:
+def _copy_source(req: S3Request) -> tuple[str, str]:
     source = unquote(req.headers["x-amz-copy-source"].split("?", 1)[0]).removeprefix("/")
     src_bucket, sep, src_key = source.partition("/")
     if not sep or not src_key:
@@ -197,6 +223,20 @@ async def copy_object(req: S3Request, store: ObjectStore) -> Response:
             "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
             ArgumentName="x-amz-copy-source",
         )
+    return src_bucket, src_key
+
+
+def _check_copy_source(req: S3Request, meta: ObjectMeta) -> None:
+    if check_conditions(req.headers, meta, prefix="x-amz-copy-source-") is not None:
+        raise S3Error(
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+            412,
+        )
+
+
+async def copy_object(req: S3Request, store: ObjectStore) -> Response:
+    src_bucket, src_key = _copy_source(req)
     directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error(
@@ -213,12 +253,7 @@ async def copy_object(req: S3Request, store: ObjectStore) -> Response:
         )
 
     def check(meta: ObjectMeta) -> None:
-        if check_conditions(req.headers, meta, prefix="x-amz-copy-source-") is not None:
-            raise S3Error(
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold",
-                412,
-            )
+        _check_copy_source(req, meta)
 
     # the copy request itself has no body; drain what a client might send anyway
     await req.small_body()
@@ -277,10 +312,50 @@ def _int_param(req: S3Request, name: str, default: int, low: int, high: int) -> 
 
 async def upload_part(req: S3Request, store: ObjectStore) -> Response:
     if "x-amz-copy-source" in req.headers:
-        raise S3Error("NotImplemented", "UploadPartCopy is not implemented", 501)
+        return await upload_part_copy(req, store)
     number = _int_param(req, "partNumber", 0, 1, MAX_PARTS)
     part = await store.put_part(req.bucket, req.key, req.query["uploadId"], number, _filler(req))
     return Response(b"", 200, headers={**_base_headers(req), "etag": part.etag})
+
+
+def copy_source_range(header: str | None, size: int) -> tuple[int, int]:
+    """(start, length) of `x-amz-copy-source-range: bytes=first-last` (None: everything)."""
+    if header is None:
+        return 0, size
+    match = _COPY_RANGE.fullmatch(header.strip())
+    if match is None or int(match[1]) > int(match[2]):
+        raise S3Error(
+            "InvalidArgument",
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where "
+            "first and last are the zero-based offsets of the first and last bytes to copy",
+            ArgumentName="x-amz-copy-source-range",
+            ArgumentValue=header[:64],
+        )
+    first, last = int(match[1]), int(match[2])
+    if last >= size:
+        raise S3Error(
+            "InvalidRange",
+            "The requested range is not satisfiable",
+            416,
+            ActualObjectSize=str(size),
+        )
+    return first, last - first + 1
+
+
+async def upload_part_copy(req: S3Request, store: ObjectStore) -> Response:
+    number = _int_param(req, "partNumber", 0, 1, MAX_PARTS)
+    source = _copy_source(req)
+
+    def span(meta: ObjectMeta) -> tuple[int, int]:
+        _check_copy_source(req, meta)
+        return copy_source_range(req.headers.get("x-amz-copy-source-range"), meta.size)
+
+    await req.small_body()  # no body; drain what a client might send anyway
+    part = await store.copy_part(source, req.bucket, req.key, req.query["uploadId"], number, span)
+    root = document("CopyPartResult")
+    add(root, "LastModified", iso_date(part.last_modified))
+    add(root, "ETag", part.etag)
+    return xml_response(root, req.request_id)
 
 
 async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
