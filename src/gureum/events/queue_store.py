@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.errors import SQSError
-from gureum.events.async_invoke import GroupCommitter
+from gureum.events.async_invoke import GroupCommitter, WriteGate, write_gate
 from gureum.events.queues import (
     DEDUP_WINDOW_S,
     OutgoingMessage,
@@ -107,19 +107,36 @@ def _queue_from(row: Any) -> Queue:
 class QueueStore:
     """Queues and messages of every account. `close()` commits sends already accepted."""
 
-    def __init__(self, db: Database, region: str, *, poll_s: float = 1.0) -> None:
+    def __init__(
+        self, db: Database, region: str, *, poll_s: float = 1.0, gate: WriteGate | None = None
+    ) -> None:
         self.db = db
         self.region = region
         self.poll_s = poll_s
+        # held around the message paths' transactions (see `write_gate`); share the async
+        # invoker's, so the two take turns in this process rather than in SQLite
+        self.gate = gate or write_gate(db)
         self._arrivals: dict[int, asyncio.Event] = {}
-        self._committer = GroupCommitter(db, queue_messages)
+        self._committer = GroupCommitter(db, queue_messages.insert(), self.gate)
+        # deletes by receipt handle, group-committed like sends
+        self._deleter = GroupCommitter(
+            db,
+            queue_messages.delete().where(
+                m.id == sa.bindparam("row_id"),
+                m.queue_id == sa.bindparam("queue"),
+                m.receipt == sa.bindparam("token"),
+            ),
+            self.gate,
+        )
         self._last_sweep: dict[int, float] = {}
 
     def start(self) -> None:
         self._committer.start()
+        self._deleter.start()
 
     async def close(self) -> None:
         await self._committer.close()
+        await self._deleter.close()
 
     # ---- queues ------------------------------------------------------------------------------
 
@@ -261,7 +278,7 @@ class QueueStore:
             results = await self._send_fifo(queue, messages, now)
         else:
             rows = [self._row(queue, message, now) for message in messages]
-            await asyncio.gather(*(self._committer.insert(row) for row in rows))
+            await asyncio.gather(*(self._committer.submit(row) for row in rows))
             results = [
                 SendResult(row["message_id"], row["md5_body"], row["md5_attributes"], None)
                 for row in rows
@@ -279,7 +296,7 @@ class QueueStore:
         self, queue: Queue, messages: list[OutgoingMessage], now: float
     ) -> list[SendResult]:
         results: list[SendResult] = []
-        async with self.db.engine.begin() as conn:
+        async with self.gate, self.db.engine.begin() as conn:
             # the first statement writes: SQLite takes its write lock before reading, and
             # PostgreSQL serialises FIFO sends of this queue on its row
             await conn.execute(
@@ -374,7 +391,7 @@ class QueueStore:
         now = time.time()
         token = uuid.uuid4().hex
         retention = queue.number("MessageRetentionPeriod")
-        async with self.db.engine.begin() as conn:
+        async with self.gate, self.db.engine.begin() as conn:
             # the first statement writes (see _send_fifo); expired messages go first
             await conn.execute(
                 queue_messages.delete().where(m.queue_id == queue.id, m.sent_at < now - retention)
@@ -475,19 +492,18 @@ class QueueStore:
     async def delete(self, queue: Queue, handles: list[str]) -> None:
         """Delete messages by receipt handle (all handles are validated first)."""
         parsed = [parse_receipt(queue, handle) for handle in handles]
-        async with self.db.engine.begin() as conn:
-            for row_id, token in parsed:
-                await conn.execute(
-                    queue_messages.delete().where(
-                        m.id == row_id, m.queue_id == queue.id, m.receipt == token
-                    )
-                )
+        await asyncio.gather(
+            *(
+                self._deleter.submit({"row_id": row_id, "queue": queue.id, "token": token})
+                for row_id, token in parsed
+            )
+        )
 
     async def change_visibility(self, queue: Queue, handle: str, visibility_s: int) -> None:
         """Make an in-flight message visible again `visibility_s` seconds from now."""
         row_id, token = parse_receipt(queue, handle)
         now = time.time()
-        async with self.db.engine.begin() as conn:
+        async with self.gate, self.db.engine.begin() as conn:
             changed = await conn.execute(
                 queue_messages.update()
                 .where(
