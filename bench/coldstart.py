@@ -4,10 +4,13 @@
 
 Run side by side in one run (root, Linux): a bare `sys.executable -I -S -c pass` spawn,
 `bwrap … python -I -S -c pass` where bwrap is installed, the `process` driver, and the
-`linux` driver (with a pre-spawned sandbox ready, and back-to-back so the pool is empty).
-A cold start is timed from the agent's decision to start an instance (`Instance.start`) to the
-handler's first response. Burst: 0 → N concurrent invocations of one function through the
-dispatcher, all answered. Memory: unique set size (USS) of an idle warm instance.
+`linux` driver (with a pre-spawned sandbox ready, back-to-back so the pool is empty, and
+forked from the version's template). A cold start is timed from the agent's decision to start
+an instance (`Instance.start`) to the handler's first response. Heavy import: a handler that
+imports a large stdlib set (and boto3 where offered), started cold vs forked from its
+template. Burst: 0 → N concurrent instances of one function, each answering one invocation,
+from nothing (the template is built during the burst) and with the version's template alive.
+Memory: unique set size (USS) of an idle warm instance, cold-started and template-forked.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,19 @@ from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_cgroups
 from gureum.sandbox.process import ProcessSandbox
 
 TRIVIAL = "def handler(event, context):\n    return {'ok': True}\n"
+HEAVY = """
+import asyncio, concurrent.futures, csv, decimal, email.message, email.parser, http.client
+import json, logging.handlers, sqlite3, tarfile, urllib.request, uuid, xml.etree.ElementTree
+import zipfile
+try:
+    import boto3
+    CLIENT = boto3.session.Session().client("s3", region_name="us-east-1")
+except ImportError:
+    pass
+
+def handler(event, context):
+    return {'ok': True}
+"""
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -74,6 +91,14 @@ async def time_driver(sandbox: Sandbox, spec: InstanceSpec, count: int, pause: f
     return percentiles(samples)
 
 
+async def time_template(sandbox: Sandbox, spec: InstanceSpec, count: int, pause: float) -> Any:
+    """Starts forked from the version's template (built first, by two throw-away starts)."""
+    primers = [await Instance.start(sandbox, spec) for _ in range(2)]
+    for instance in primers:
+        await instance.close()
+    return await time_driver(sandbox, spec, count, pause)
+
+
 async def idle_uss(sandbox: Sandbox, spec: InstanceSpec) -> int:
     instance = await Instance.start(sandbox, spec)
     await instance.invoke("bench", b"{}", invoked_arn="arn", timeout_s=5)
@@ -100,13 +125,23 @@ async def burst(sandbox: Sandbox, spec: InstanceSpec, count: int) -> dict[str, f
     return {"instances": count, "wall_ms": wall}
 
 
+def make_spec(work: Path, name: str, source: str, memory_mb: int = 128) -> InstanceSpec:
+    code = work / name
+    code.mkdir()
+    (code / "app.py").write_text(source)
+    env = {"_HANDLER": "app.handler", "LAMBDA_TASK_ROOT": str(code)}
+    return InstanceSpec(name, "$LATEST", code, "app.handler", memory_mb, 5.0, env, network="none")
+
+
+def versioned(spec: InstanceSpec, revision: str) -> InstanceSpec:
+    """The spec named as a version, so that the linux driver may use a template for it."""
+    return replace(spec, template_key=f"bench\0{spec.function_name}\0$LATEST\0{revision}")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gureum-bench-"))
-    code = work / "code"
-    code.mkdir()
-    (code / "app.py").write_text(TRIVIAL)
-    env = {"_HANDLER": "app.handler", "LAMBDA_TASK_ROOT": str(code)}
-    spec = InstanceSpec("bench", "$LATEST", code, "app.handler", 128, 5.0, env, network="none")
+    spec = make_spec(work, "bench", TRIVIAL)
+    heavy = make_spec(work, "heavy", HEAVY, memory_mb=1024)
     results: dict[str, Any] = {
         "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -133,8 +168,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["linux driver, back to back"] = await time_driver(
                 linux, spec, args.starts // 4, 0.0
             )
+            results["linux driver, template-forked"] = await time_template(
+                linux, versioned(spec, "t"), args.starts, 0.05
+            )
             results["linux idle instance USS kB"] = await idle_uss(linux, spec)
-            results["linux burst"] = await burst(linux, spec, args.burst)
+            results["linux idle template-forked USS kB"] = await idle_uss(
+                linux, versioned(spec, "t")
+            )
+            results["heavy import, cold"] = await time_driver(linux, heavy, args.heavy, 0.05)
+            results["heavy import, template-forked"] = await time_template(
+                linux, versioned(heavy, "t"), args.heavy, 0.05
+            )
+            results["linux burst, no templates"] = await burst(linux, spec, args.burst)
+            results["linux burst, template built during it"] = await burst(
+                linux, versioned(spec, "burst"), args.burst
+            )
+            results["linux burst, template alive"] = await burst(
+                linux, versioned(spec, "burst"), args.burst
+            )
         finally:
             await linux.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -145,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--starts", type=int, default=200)
     parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--heavy", type=int, default=20, help="heavy-import starts per kind")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = asyncio.run(run(args))
@@ -154,9 +206,10 @@ def main() -> None:
         else:
             print(f"{name:38s} {value}")
     bare_p50 = results["bare python spawn"]["p50"]
-    linux = results.get("linux driver, sandbox pre-spawned")
-    if isinstance(linux, dict):
-        print(f"linux cold start / bare spawn (p50)    {linux['p50'] / bare_p50:.2f}x")
+    for name in ("linux driver, sandbox pre-spawned", "linux driver, template-forked"):
+        linux = results.get(name)
+        if isinstance(linux, dict):
+            print(f"{name} / bare spawn (p50): {linux['p50'] / bare_p50:.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

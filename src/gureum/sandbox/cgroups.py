@@ -91,6 +91,29 @@ class InstanceCgroup:
         _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
 
+    def set_cpu_quota(self, quota_us: int) -> None:
+        """CPU time per 100 ms period."""
+        if self.version == 2:
+            _write(self.dirs["unified"] / "cpu.max", f"{quota_us} {CPU_PERIOD_US}")
+        else:
+            _write(self.dirs["cpu"] / "cpu.cfs_quota_us", str(quota_us))
+
+    def set_memory_limit(self, memory_mb: int) -> None:
+        """Change the memory limit (swap stays 0). Lowering it below what is in use fails
+        (v1) or makes the kernel reclaim (v2)."""
+        memory = str(memory_mb * MB)
+        if self.version == 2:
+            _write(self.dirs["unified"] / "memory.max", memory)
+            return
+        mem = self.dirs["memory"]
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        # memsw may never be below the memory limit: raise it first, lower it last
+        if memsw.exists() and memory_mb * MB > _read_int(memsw):
+            _write(memsw, memory)
+        _write(mem / "memory.limit_in_bytes", memory)
+        if memsw.exists():
+            _write(memsw, memory)
+
     def oom_kills(self) -> int:
         """How many processes the kernel OOM-killed in this cgroup."""
         if self.version == 2:

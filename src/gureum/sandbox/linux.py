@@ -62,6 +62,11 @@ NETWORK_MODES = ("none", "platform", "internet")
 PROXY_PORT = 3128  # inside internet-mode sandboxes: HTTP(S)_PROXY
 TEMPLATE_MAX_AGE_S = 3600.0  # well inside the 12 h of the credentials a template imports with
 TEMPLATE_WAIT_S = 10.0  # how long a start waits for its version's template (AWS's init limit)
+# What a forked child dirties before the agent has moved it into its own cgroup (Python's
+# after-fork work, the template's own copy-on-write since) stays charged to the template's
+# cgroup while the child lives (~1 MB measured): the template's limit grows by this per child.
+TEMPLATE_CHILD_HEADROOM_MB = 4
+TEMPLATE_CPU_QUOTA_US = 100_000  # one core, once the template has imported the handler
 # variables that differ between instances of one version: not part of a template's identity
 PER_INSTANCE_ENV = frozenset(
     {
@@ -200,7 +205,10 @@ class _Template:
     writer: asyncio.StreamWriter | None = None
     log: _DiscardLog | None = None
     log_transport: asyncio.BaseTransport | None = None
-    ports: list[int] = field(default_factory=list)
+    memory_mb: int = 128
+    spares: list[int] = field(default_factory=list)  # placed, confined, not yet activated
+    pending: int = 0  # children being forked and placed
+    filling: bool = False
     forks: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     children: dict[int, _LinuxProcess] = field(default_factory=dict)  # by pid in its namespace
     early_exits: dict[int, int] = field(default_factory=dict)
@@ -643,10 +651,7 @@ class LinuxSandbox:
         template.log_transport, template.log = await loop.connect_read_pipe(
             _DiscardLog, os.fdopen(log_read, "rb", buffering=0)
         )
-        port = urlsplit(self.endpoint).port or 80
-        template.ports = {"none": [], "platform": [port], "internet": [port, PROXY_PORT]}[
-            spec.network
-        ]
+        template.memory_mb = spec.memory_mb
         reader, template.writer = await asyncio.open_unix_connection(sock=ours)
         if template.retired:  # retired while it started
             self._retire(template)
@@ -661,7 +666,14 @@ class LinuxSandbox:
                 payload = await reader.readexactly(payload_len) if payload_len else b""
                 kind = header.get("t")
                 if kind == "ready" and not template.ready.done():
+                    # Imported: from now on it only forks, for every instance of the version,
+                    # and its children run in its cgroup until placed; a small function's CPU
+                    # share (128 MB: 7% of a core) would make a burst wait on it.
+                    if template.process is not None:
+                        with contextlib.suppress(OSError):
+                            template.process.cgroup.set_cpu_quota(TEMPLATE_CPU_QUOTA_US)
                     template.ready.set_result(True)
+                    self._in_background(self._fill_spares(template))
                 elif kind in ("refused", "init_error"):
                     why = header.get("reason") or payload.decode(errors="replace")[:500]
                     self._template_failed(template, str(why))
@@ -671,11 +683,14 @@ class LinuxSandbox:
                         future.set_result(int(header["pid"]))
                 elif kind == "exit":
                     pid, status = int(header["pid"]), int(header["status"])
+                    with contextlib.suppress(ValueError):
+                        template.spares.remove(pid)
                     child = template.children.pop(pid, None)
                     if child is None:
                         template.early_exits[pid] = status
                     else:
                         self._finish(child, status)
+                        self._size_template(template)
         except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
             pass
         finally:
@@ -711,27 +726,52 @@ class LinuxSandbox:
     async def _fork(
         self, template: _Template, spec: InstanceSpec, control_fd: int, log_fd: int
     ) -> _LinuxProcess:
-        """An instance forked from `template`, moved into its own cgroup."""
-        assert template.sock is not None and template.process is not None
+        """An instance forked from `template`: a spare if one is ready, else forked now."""
+        if template.spares:
+            ns_pid = template.spares.pop()
+        else:
+            ns_pid = await self._fork_placed(template)
+        if not template.filling:
+            self._in_background(self._fill_spares(template))
+        process = template.children.get(ns_pid)
+        if process is None:
+            raise SandboxError("the forked instance exited before it started")
+        tmp = -1
+        try:
+            tmp = detached_tmpfs(spec.ephemeral_mb)
+            header = {"t": "activate", "pid": ns_pid, "env": self._instance_env(spec)}
+            await self._send_to_template(template, header, [control_fd, log_fd, tmp])
+        except BaseException as exc:
+            process.kill()
+            if isinstance(exc, OSError):
+                raise SandboxError(f"could not start from the template: {exc}") from exc
+            raise
+        finally:
+            if tmp >= 0:
+                os.close(tmp)
+        return process
+
+    async def _fork_placed(self, template: _Template) -> int:
+        """Fork a child of `template`, move it into its own new cgroup, let it go on to
+        confine itself; return its pid in the template's namespace. It awaits activation."""
+        assert template.process is not None
         cgroup = await asyncio.to_thread(self.cgroups.prepare)
         request_id = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         template.forks[request_id] = future
-        tmp = -1
         host_pid: int | None = None
+        template.pending += 1
         try:
-            cgroup.limit(spec.memory_mb, PIDS_MAX)
-            tmp = detached_tmpfs(spec.ephemeral_mb)
-            header = {"t": "fork", "id": request_id, "env": self._instance_env(spec)}
-            async with template.send_lock:
-                await self._send_with_fds(
-                    protocol.encode(header), [control_fd, log_fd, tmp], template.sock
-                )
+            self._size_template(template)
+            cgroup.limit(template.memory_mb, PIDS_MAX)
+            await self._send_to_template(template, {"t": "fork", "id": request_id})
             ns_pid = await asyncio.wait_for(future, TEMPLATE_WAIT_S)
             host_pid = _host_pid(template.process.pid, ns_pid)
             if host_pid is None:
                 raise SandboxError("the forked instance vanished before it was placed")
-            cgroup.join(host_pid)
+            # on cgroup v1 a migration waits for an RCU grace period: ~10 ms, unless others
+            # are migrating too; spares take it off the start's path
+            await asyncio.to_thread(cgroup.join, host_pid)
         except BaseException as exc:
             if host_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -742,14 +782,48 @@ class LinuxSandbox:
             raise
         finally:
             template.forks.pop(request_id, None)
-            if tmp >= 0:
-                os.close(tmp)
+            template.pending -= 1
         process = _LinuxProcess(host_pid, cgroup, self, -1, template=True)
         if ns_pid in template.early_exits:
             self._finish(process, template.early_exits.pop(ns_pid))
         else:
             template.children[ns_pid] = process
-        return process
+        await self._send_to_template(template, {"t": "go", "pid": ns_pid})
+        return ns_pid
+
+    def _size_template(self, template: _Template) -> None:
+        """The template's memory limit: its own, plus headroom for each child it has."""
+        if template.process is None:
+            return
+        children = len(template.children) + template.pending
+        with contextlib.suppress(OSError):  # lowering fails while pages are still in use
+            template.process.cgroup.set_memory_limit(
+                template.memory_mb + TEMPLATE_CHILD_HEADROOM_MB * children
+            )
+
+    async def _fill_spares(self, template: _Template) -> None:
+        """Keep `warm_target` placed children of a template ready (off the request path)."""
+        template.filling = True
+        try:
+            while len(template.spares) < self.warm_target and not template.retired:
+                try:
+                    ns_pid = await self._fork_placed(template)
+                except (OSError, SandboxError, TimeoutError) as exc:
+                    log.warning("could not fork a spare from the template: %s", exc)
+                    return
+                if template.retired:
+                    return
+                template.spares.append(ns_pid)
+        finally:
+            template.filling = False
+
+    async def _send_to_template(
+        self, template: _Template, header: dict[str, Any], fds: list[int] | None = None
+    ) -> None:
+        if template.sock is None or template.retired:
+            raise SandboxError("the template was retired")
+        async with template.send_lock:
+            await self._send_with_fds(protocol.encode(header), fds or [], template.sock)
 
     def retire_template(self, template_key: str) -> None:
         template = self._templates.get(template_key)
@@ -812,7 +886,7 @@ class LinuxSandbox:
     ) -> None:
         sock = sock or self._sock
         assert sock is not None
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         sent = 0
         while sent < len(frame):
             try:
