@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
+import boto3
+import httpx
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.conftest import RunningServer
@@ -307,3 +311,60 @@ def test_metadata_too_large(s3: Any, bucket: str) -> None:
     assert code_of(exc) == "MetadataTooLarge"
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="m")
+
+
+def test_virtual_hosted_style(
+    server: RunningServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3 with addressing_style virtual sends `Host: <bucket>.localhost:<port>`; names
+    under .localhost are loopback (RFC 6761), which this host's resolver does not know, so
+    the test resolves them itself — the only thing not real here."""
+    resolve = socket.getaddrinfo
+
+    def loopback(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
+    root = server.platform.root
+    virtual = boto3.client(
+        "s3",
+        endpoint_url=f"http://localhost:{server.settings.port}",
+        region_name=server.settings.region,
+        aws_access_key_id=root.access_key_id,
+        aws_secret_access_key=root.secret_access_key,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "virtual"},
+            retries={"max_attempts": 0},
+        ),
+    )
+    server.clients.append(virtual)  # closed with the server
+    sent: list[str] = []
+    virtual.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
+    virtual.put_object(Bucket=bucket, Key="dir/hosted key.txt", Body=b"by host")
+    assert sent[-1].startswith(f"http://{bucket}.localhost:")
+    path_style = server.client("s3")
+    assert path_style.get_object(Bucket=bucket, Key="dir/hosted key.txt")["Body"].read() == (
+        b"by host"
+    )
+    got = virtual.get_object(Bucket=bucket, Key="dir/hosted key.txt", Range="bytes=3-")
+    assert got["Body"].read() == b"host"
+    listed = virtual.list_objects_v2(Bucket=bucket, Prefix="dir/")["Contents"]
+    assert [o["Key"] for o in listed] == ["dir/hosted key.txt"]
+    url = virtual.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "dir/hosted key.txt"}, ExpiresIn=60
+    )
+    assert url.startswith(f"http://{bucket}.localhost:")
+    assert (
+        httpx.get(
+            url.replace(f"{bucket}.localhost", "127.0.0.1"),
+            headers={"host": f"{bucket}.localhost:{server.settings.port}"},
+        ).content
+        == b"by host"
+    )
+    virtual.delete_object(Bucket=bucket, Key="dir/hosted key.txt")
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        virtual.get_object(Bucket="no-such-bucket-here", Key="k")
+    assert [b["Name"] for b in virtual.list_buckets()["Buckets"]] == [bucket]

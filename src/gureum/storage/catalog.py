@@ -26,6 +26,7 @@ MAX_KEY_BYTES = 1024
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _PAGE = 1000
+RECENT_BUCKET_S = 1.0
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
@@ -147,6 +148,22 @@ def _object(row: sa.RowMapping) -> ObjectMeta:
     )
 
 
+# built once, so SQLAlchemy caches them whole
+_OLD_BLOB = (
+    sa.select(s3_buckets.c.name, s3_objects.c.blob)
+    .select_from(
+        s3_buckets.outerjoin(
+            s3_objects,
+            sa.and_(
+                s3_objects.c.bucket == s3_buckets.c.name, s3_objects.c.key == sa.bindparam("key")
+            ),
+        )
+    )
+    .where(s3_buckets.c.name == sa.bindparam("bucket"))
+)
+_UPDATE_OBJECT = s3_objects.update().where(
+    s3_objects.c.bucket == sa.bindparam("obj_bucket"), s3_objects.c.key == sa.bindparam("obj_key")
+)
 # an object and its bucket in one round trip; built once, so SQLAlchemy caches it whole
 _LOOKUP = (
     sa.select(s3_buckets.c.name.label("bucket"), *[c for c in s3_objects.c if c.name != "bucket"])
@@ -167,11 +184,22 @@ class ObjectCatalog:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._recent: dict[str, tuple[float, Bucket]] = {}
+
+    async def recent_bucket(self, name: str) -> Bucket:
+        """`get_bucket`, possibly from a copy up to `RECENT_BUCKET_S` old (changes through
+        this catalog are seen at once; other processes' after that delay). For the check
+        before a body is read: the commit's transaction checks the bucket again."""
+        cached = self._recent.get(name)
+        if cached is not None and time.monotonic() - cached[0] < RECENT_BUCKET_S:
+            return cached[1]
+        return await self.get_bucket(name)
 
     # -- buckets ---------------------------------------------------------------------------
 
     async def create_bucket(self, account_id: str, name: str) -> None:
         check_bucket_name(name)
+        self._recent.pop(name, None)
         try:
             async with self.db.engine.begin() as conn:
                 await conn.execute(
@@ -204,8 +232,11 @@ class ObjectCatalog:
                 .first()
             )
         if row is None:
+            self._recent.pop(name, None)
             raise no_such_bucket(name)
-        return Bucket(row["name"], row["account_id"], row["created_at"], row["notification"])
+        bucket = Bucket(row["name"], row["account_id"], row["created_at"], row["notification"])
+        self._recent[name] = (time.monotonic(), bucket)
+        return bucket
 
     async def list_buckets(self, account_id: str) -> list[Bucket]:
         async with self.db.engine.connect() as conn:
@@ -221,6 +252,7 @@ class ObjectCatalog:
 
     async def delete_bucket(self, name: str) -> list[str]:
         """Delete an empty bucket and its unfinished uploads; return the parts' blobs."""
+        self._recent.pop(name, None)
         async with self.db.engine.begin() as conn:
             if not await conn.scalar(sa.select(sa.func.count()).where(s3_buckets.c.name == name)):
                 raise no_such_bucket(name)
@@ -245,13 +277,16 @@ class ObjectCatalog:
             await conn.execute(s3_parts.delete().where(s3_parts.c.upload_id.in_(uploads)))
             await conn.execute(s3_uploads.delete().where(s3_uploads.c.bucket == name))
             await conn.execute(s3_buckets.delete().where(s3_buckets.c.name == name))
+        self._recent.pop(name, None)  # again: a read racing the delete may have cached it
         return blobs
 
     async def set_notification(self, name: str, document: str) -> None:
+        self._recent.pop(name, None)
         async with self.db.engine.begin() as conn:
             result = await conn.execute(
                 s3_buckets.update().where(s3_buckets.c.name == name).values(notification=document)
             )
+        self._recent.pop(name, None)  # again: a read racing the update may have cached the old
         if not result.rowcount:
             raise no_such_bucket(name)
 
@@ -275,16 +310,17 @@ class ObjectCatalog:
             "last_modified": meta.last_modified,
             "headers": json.dumps(meta.headers),
         }
-        where = sa.and_(s3_objects.c.bucket == meta.bucket, s3_objects.c.key == raw)
-        if not await conn.scalar(
-            sa.select(sa.func.count()).where(s3_buckets.c.name == meta.bucket)
-        ):
+        keys = {"bucket": meta.bucket, "key": raw}
+        found = (await conn.execute(_OLD_BLOB, keys)).first()
+        if found is None:
             raise no_such_bucket(meta.bucket)
-        old: str | None = await conn.scalar(sa.select(s3_objects.c.blob).where(where))
+        old: str | None = found.blob
         if old is None:
-            await conn.execute(s3_objects.insert().values(bucket=meta.bucket, key=raw, **values))
+            await conn.execute(s3_objects.insert(), {**keys, **values})
         else:
-            await conn.execute(s3_objects.update().where(where).values(**values))
+            await conn.execute(
+                _UPDATE_OBJECT, {"obj_bucket": meta.bucket, "obj_key": raw, **values}
+            )
         return old
 
     async def get_object(self, bucket: str, key: str) -> ObjectMeta | None:

@@ -110,7 +110,8 @@ class ObjectStore:
     ) -> ObjectMeta:
         """Store a whole object from `fill` (PutObject)."""
         check_key(key)
-        found = await self.catalog.get_bucket(bucket)  # NoSuchBucket before reading any body
+        # NoSuchBucket before reading any body
+        found = await self.catalog.recent_bucket(bucket)
         blob, received = await self._write(fill)
         if received.checksum is not None:
             algorithm, value = received.checksum

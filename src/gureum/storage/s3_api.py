@@ -1,4 +1,9 @@
-"""The S3 API (path-style): an ASGI app the gateway mounts as the streaming service `s3`.
+"""The S3 API: an ASGI app the gateway mounts as the streaming service `s3`.
+
+Path-style (`/bucket/key`) everywhere; virtual-hosted style (`Host: bucket.<name>`, path
+`/key`) for `<name>` = `localhost` or the endpoint's host name (see `virtual_host_suffixes`).
+The gateway routes `/v1/...` and `/healthz` before any service, so under virtual-hosted
+style keys starting `v1/` or equal to `healthz` are reachable path-style only.
 
 The gateway has verified the request's signature from its headers; bodies are read and
 verified here, while they stream into blobs (see `gureum.storage.payload`). Every error is
@@ -11,7 +16,7 @@ import base64
 import binascii
 import contextlib
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -37,7 +42,7 @@ from gureum.storage.notifications import (
 )
 from gureum.storage.objects import ObjectStore
 from gureum.storage.objects_fs import FileBlobStore
-from gureum.storage.s3_request import S3Request, iso_date
+from gureum.storage.s3_request import S3Request, iso_date, virtual_host_suffixes
 from gureum.storage.s3_xml import (
     Element,
     add,
@@ -67,8 +72,10 @@ class S3API:
         registry: Registry,
         queues: QueueStore,
         sweeper: Sweeper | None = None,
+        virtual_hosts: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.virtual_hosts = virtual_hosts
         self.lookup = lookup
         self.registry = registry
         self.queues = queues
@@ -88,7 +95,8 @@ class S3API:
         sweeper = Sweeper(catalog, blobs)
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to sweep on
             sweeper.start()
-        return cls(store, platform.keyring, platform.registry, queues, sweeper)
+        hosts = virtual_host_suffixes(urlsplit(platform.settings.endpoint).hostname or "")
+        return cls(store, platform.keyring, platform.registry, queues, sweeper, hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = None
@@ -102,7 +110,7 @@ class S3API:
             return message
 
         try:
-            req = S3Request.from_scope(scope, tracked, self.lookup)
+            req = S3Request.from_scope(scope, tracked, self.lookup, self.virtual_hosts)
             request_id = req.request_id
             response = await self._route(req)(req, self.store)
         except Exception as exc:

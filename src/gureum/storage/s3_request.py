@@ -31,6 +31,7 @@ STORED_HEADERS = (
     "expires",
 )
 _SIGNATURE = re.compile(r"Signature=([0-9a-f]{64})")
+_IP_LIKE = re.compile(r"[0-9.]+|.*:.*")
 
 
 class _MemoryWriter:
@@ -67,10 +68,21 @@ class S3Request:
     request_id: str
 
     @classmethod
-    def from_scope(cls, scope: Scope, receive: Receive, lookup: SecretLookup) -> S3Request:
+    def from_scope(
+        cls,
+        scope: Scope,
+        receive: Receive,
+        lookup: SecretLookup,
+        virtual_hosts: tuple[str, ...] = (),
+    ) -> S3Request:
+        """Parse the request; with `Host: <bucket>.<one of virtual_hosts>` (virtual-hosted
+        style) the bucket comes from the host and the whole path is the key."""
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         path = raw_path.split("?", 1)[0]
         bucket, _, key = path.removeprefix("/").partition("/")
+        hosted = _hosted_bucket(scope, virtual_hosts)
+        if hosted is not None:
+            bucket, key = hosted, path.removeprefix("/")
         try:
             bucket = unquote(bucket, errors="strict")
             key = unquote(key, errors="strict")
@@ -168,6 +180,31 @@ class S3Request:
                 MaxSizeAllowed=str(MAX_USER_METADATA),
             )
         return stored + meta
+
+
+def _hosted_bucket(scope: Scope, virtual_hosts: tuple[str, ...]) -> str | None:
+    """The bucket named by a virtual-hosted-style `Host` header, else None."""
+    if not virtual_hosts:
+        return None
+    host = next((v for n, v in scope["headers"] if n.lower() == b"host"), b"")
+    name = host.decode("latin-1").lower()
+    if name.startswith("["):
+        return None  # an IPv6 literal
+    name = name.rpartition(":")[0] if ":" in name else name
+    for suffix in virtual_hosts:
+        if name.endswith("." + suffix) and len(name) > len(suffix) + 1:
+            return name[: -len(suffix) - 1]
+    return None
+
+
+def virtual_host_suffixes(endpoint_host: str) -> tuple[str, ...]:
+    """Host names under which `<bucket>.<name>` addresses a bucket: `localhost` (RFC 6761
+    loopback names) and the endpoint's own host name (not an IP address)."""
+    suffixes = ["localhost"]
+    name = endpoint_host.lower()
+    if name and name != "localhost" and not _IP_LIKE.fullmatch(name):
+        suffixes.append(name)
+    return tuple(suffixes)
 
 
 def http_date(epoch: float) -> str:
