@@ -4,7 +4,8 @@ and the server's own state."""
 from __future__ import annotations
 
 import json
-import time
+import signal
+import threading
 from enum import StrEnum
 from typing import Annotated
 
@@ -52,19 +53,22 @@ def logs(
                 for entry in entries:
                     typer.echo(entry["log"], nl=False)
             return
+        # Ctrl-C (or SIGTERM) ends the loop between polls: an interrupt raised inside an HTTP
+        # call could land in library cleanup code and be lost there.
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
         cursor = 0
-        try:
-            while True:
-                for entry in entries:
-                    if json_output:
-                        typer.echo(json.dumps(entry, ensure_ascii=False))
-                    else:
-                        typer.echo(entry["log"], nl=False)
-                    cursor = max(cursor, entry["seq"])
-                time.sleep(FOLLOW_INTERVAL_S)
-                entries = client.logs(name, after=cursor, request_id=request_id, limit=1000)
-        except KeyboardInterrupt:
-            return
+        while True:
+            for entry in entries:
+                if json_output:
+                    typer.echo(json.dumps(entry, ensure_ascii=False))
+                else:
+                    typer.echo(entry["log"], nl=False)
+                cursor = max(cursor, entry["seq"])
+            if stop.wait(FOLLOW_INTERVAL_S):
+                return
+            entries = client.logs(name, after=cursor, request_id=request_id, limit=1000)
 
 
 @reports_errors

@@ -6,17 +6,18 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gureum.control.models import LATEST, FunctionConfig, parse_function_ref
 from gureum.errors import (
@@ -68,28 +69,124 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 class _InvokeFastRouter(Router):
     """starlette's Router with a shortcut for POST .../invocations, the one hot endpoint.
 
-    Invoke is matched by one regex instead of trying the routes ahead of it, and its endpoint
-    is run as starlette would run it (same scope keys, exceptions propagate unchanged);
-    everything else, including a non-POST to the invoke path, goes through the Router.
+    Invoke is matched by one regex instead of trying the routes ahead of it and run with the
+    scope keys the Router would set (exceptions propagate unchanged); everything else,
+    including a non-POST to the invoke path, goes through the Router.
     """
 
-    def __init__(
-        self, routes: Sequence[BaseRoute], invoke: Callable[[Request], Awaitable[Response]]
-    ) -> None:
+    def __init__(self, routes: Sequence[BaseRoute], invoke: ASGIApp) -> None:
         super().__init__(list(routes))
         self._invoke = invoke
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if scope["type"] == "http" and scope["method"] == "POST":
             match = _INVOKE_PATH.fullmatch(scope["path"])
             if match is not None:
                 scope.setdefault("router", self)
                 scope["endpoint"] = self._invoke
                 scope["path_params"] = {"name": match.group(1)}
-                response = await self._invoke(Request(scope, receive, send))
-                await response(scope, receive, send)
+                await self._invoke(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+# the request headers Invoke reads
+_INVOKE_HEADERS = frozenset(
+    {
+        b"x-amz-invocation-type",
+        b"x-amz-log-type",
+        b"x-amz-client-context",
+        b"idempotency-key",
+        b"x-gureum-idempotency-key",
+    }
+)
+
+
+class _Invoke:
+    """POST .../invocations as a plain ASGI app: the hot endpoint, so it builds no starlette
+    Request or Response (their header and query parsing is a measurable share of a warm
+    invoke). Errors are raised, as from any endpoint, for the gateway to render."""
+
+    def __init__(self, api: LambdaAPI) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        api = self.api
+        headers: dict[bytes, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name = raw_name.lower()
+            if name in _INVOKE_HEADERS:
+                headers[name] = raw_value.decode("latin-1")
+        query = scope.get("query_string", b"")
+        account, name, qualifier = api.target(
+            scope["path_params"]["name"],
+            QueryParams(query).get("Qualifier") if query else None,
+            scope["gureum.identity"],
+        )
+        payload = await _body(receive)
+        kind = headers.get(b"x-amz-invocation-type", "RequestResponse")
+        if kind not in ("RequestResponse", "Event", "DryRun"):
+            raise InvalidParameterValue(f"Invalid InvocationType: {kind}")
+        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD
+        if len(payload) > limit:
+            raise RequestTooLarge(
+                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+            )
+        if payload:
+            try:
+                json.loads(payload)
+            except ValueError as exc:
+                raise InvalidRequestContent(
+                    f"Could not parse request body into json: {exc}"
+                ) from None
+        client_context = _client_context(headers.get(b"x-amz-client-context"))
+        if kind == "DryRun":
+            await api.registry.get_function(account, name, qualifier)
+            await _respond(send, 204, [])
+            return
+        if kind == "Event":
+            await api.registry.get_function(account, name, qualifier)
+            request_id = await api.platform.async_invoker.enqueue(
+                account,
+                name,
+                qualifier,
+                payload,
+                idempotency_key=headers.get(b"idempotency-key")
+                or headers.get(b"x-gureum-idempotency-key"),
+            )
+            await _respond(send, 202, [(b"x-amzn-requestid", request_id.encode())])
+            return
+        result = await api.platform.dispatcher.invoke(
+            account, name, qualifier, payload, client_context=client_context
+        )
+        response_headers = [
+            (b"content-type", b"application/json"),
+            (b"x-amzn-requestid", result.request_id.encode()),
+            (b"x-amz-executed-version", result.executed_version.encode()),
+        ]
+        if result.function_error:
+            response_headers.append((b"x-amz-function-error", result.function_error.encode()))
+        if headers.get(b"x-amz-log-type") == "Tail":
+            tail = result.log.encode()[-LOG_TAIL_BYTES:]
+            response_headers.append((b"x-amz-log-result", base64.b64encode(tail)))
+        await _respond(send, 200, response_headers, result.payload)
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class LambdaAPI:
@@ -102,6 +199,7 @@ class LambdaAPI:
 
     def router(self) -> Router:
         fn = V + "/{name}"
+        invoke = _Invoke(self)
         return _InvokeFastRouter(
             [
                 Route(V, self.create_function, methods=["POST"]),
@@ -119,7 +217,7 @@ class LambdaAPI:
                 Route(fn + "/aliases/{alias}", self.get_alias, methods=["GET"]),
                 Route(fn + "/aliases/{alias}", self.update_alias, methods=["PUT"]),
                 Route(fn + "/aliases/{alias}", self.delete_alias, methods=["DELETE"]),
-                Route(fn + "/invocations", self.invoke, methods=["POST"]),
+                Route(fn + "/invocations", invoke, methods=["POST"]),
                 Route(
                     "/2017-10-31/functions/{name}/concurrency",
                     self.put_concurrency,
@@ -137,7 +235,7 @@ class LambdaAPI:
                 ),
                 *self._event_routes(),
             ],
-            self.invoke,
+            invoke,
         )
 
     def _event_routes(self) -> list[Route]:
@@ -148,17 +246,24 @@ class LambdaAPI:
 
     def _target(self, request: Request) -> tuple[str, str, str | None]:
         """(account, function name, qualifier) from the path and `Qualifier` query."""
-        name, qualifier, account = parse_function_ref(request.path_params["name"])
-        caller = identity(request).account_id
-        if account is not None and account != caller:
-            raise ResourceNotFound(f"Function not found: {request.path_params['name']}")
-        query_qualifier = request.query_params.get("Qualifier")
+        return self.target(
+            request.path_params["name"], request.query_params.get("Qualifier"), identity(request)
+        )
+
+    def target(
+        self, ref: str, query_qualifier: str | None, caller: Identity
+    ) -> tuple[str, str, str | None]:
+        """(account, function name, qualifier) from a function reference (name, ARN or
+        partial ARN, maybe `:qualifier`) and the `Qualifier` query parameter."""
+        name, qualifier, account = parse_function_ref(ref)
+        if account is not None and account != caller.account_id:
+            raise ResourceNotFound(f"Function not found: {ref}")
         if qualifier and query_qualifier and qualifier != query_qualifier:
             raise InvalidParameterValue(
                 "The derived qualifier from the function name does not "
                 "match the specified qualifier."
             )
-        return caller, name, query_qualifier or qualifier
+        return caller.account_id, name, query_qualifier or qualifier
 
     # ---- functions -------------------------------------------------------------------------
 
@@ -366,55 +471,6 @@ class LambdaAPI:
         account, name, _ = self._target(request)
         await self.registry.set_reserved_concurrency(account, name, None)
         return Response(status_code=204)
-
-    # ---- invoke ----------------------------------------------------------------------------
-
-    async def invoke(self, request: Request) -> Response:
-        account, name, qualifier = self._target(request)
-        payload = await request.body()
-        kind = request.headers.get("x-amz-invocation-type", "RequestResponse")
-        if kind not in ("RequestResponse", "Event", "DryRun"):
-            raise InvalidParameterValue(f"Invalid InvocationType: {kind}")
-        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD
-        if len(payload) > limit:
-            raise RequestTooLarge(
-                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-            )
-        if payload:
-            try:
-                json.loads(payload)
-            except ValueError as exc:
-                raise InvalidRequestContent(
-                    f"Could not parse request body into json: {exc}"
-                ) from None
-        client_context = _client_context(request.headers.get("x-amz-client-context"))
-        if kind == "DryRun":
-            await self.registry.get_function(account, name, qualifier)
-            return Response(status_code=204)
-        if kind == "Event":
-            await self.registry.get_function(account, name, qualifier)
-            request_id = await self.platform.async_invoker.enqueue(
-                account,
-                name,
-                qualifier,
-                payload,
-                idempotency_key=request.headers.get("idempotency-key")
-                or request.headers.get("x-gureum-idempotency-key"),
-            )
-            return Response(status_code=202, headers={"x-amzn-RequestId": request_id})
-        result = await self.platform.dispatcher.invoke(
-            account, name, qualifier, payload, client_context=client_context
-        )
-        headers = {
-            "x-amzn-RequestId": result.request_id,
-            "X-Amz-Executed-Version": result.executed_version,
-        }
-        if result.function_error:
-            headers["X-Amz-Function-Error"] = result.function_error
-        if request.headers.get("x-amz-log-type") == "Tail":
-            tail = result.log.encode()[-LOG_TAIL_BYTES:]
-            headers["X-Amz-Log-Result"] = base64.b64encode(tail).decode()
-        return Response(result.payload, 200, headers=headers, media_type="application/json")
 
 
 def _str(body: dict[str, Any], key: str) -> str | None:

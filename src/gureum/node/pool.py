@@ -150,7 +150,7 @@ class InstancePool:
             return Lease(instance, version_key, True, queue_ms)
         except BaseException:
             slots.in_flight -= 1
-            await self._notify()
+            await self._notify(slots)
             raise
 
     async def _wait_for_slot(self, slots: _FunctionSlots, limit: int) -> None:
@@ -199,11 +199,13 @@ class InstancePool:
             self._instances -= 1
             if instance.alive:
                 self._spawn_background(instance.close())
-        await self._notify()
+        await self._notify(slots)
 
-    async def _notify(self) -> None:
-        async with self._freed:
-            self._freed.notify_all()
+    async def _notify(self, slots: _FunctionSlots) -> None:
+        """Wake the invocations waiting for a slot of this function, if there are any."""
+        if slots.waiting:
+            async with self._freed:
+                self._freed.notify_all()
 
     def retire(self, account: str, name: str, current: Callable[[VersionKey], bool]) -> None:
         """Drop the pools of `account/name` whose version is no longer `current` (a newer
