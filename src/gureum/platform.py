@@ -29,7 +29,7 @@ from gureum.node.pool import InstancePool
 from gureum.node.records import InvocationRecorder
 from gureum.sandbox.base import Sandbox
 from gureum.sandbox.libraries import prepare_runtime_libraries
-from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_cgroups
+from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_support
 from gureum.sandbox.process import ProcessSandbox
 from gureum.settings import Settings
 from gureum.store import Database
@@ -56,17 +56,28 @@ def make_sandbox(settings: Settings) -> Sandbox:
     """Pick the sandbox driver named in settings (the only place that maps names to drivers).
     `auto` takes the linux driver where the host allows it and says loudly when it cannot."""
     if settings.sandbox in ("auto", "linux"):
-        tree, why = linux_sandbox_cgroups()
-        if tree is not None:
-            return LinuxSandbox(
+        support = linux_sandbox_support()
+        why = support.why
+        if support.usable:
+            sandbox = LinuxSandbox(
                 settings.data_dir,
                 settings.endpoint,
-                tree,
+                support.cgroups,
                 warm_target=settings.warm_sandboxes,
+                rootless=support.rootless,
                 templates=settings.templates and settings.max_templates > 0,
                 template_keep_alive_s=settings.keep_alive_s,
                 max_templates=settings.max_templates,
             )
+            missing = [f"{c.name} ({c.detail})" for c in sandbox.checks() if not c.ok]
+            if missing:
+                log.warning(
+                    "ISOLATION REDUCED: the linux sandbox runs %s without: %s. "
+                    "`gureum doctor` shows each check.",
+                    why,
+                    "; ".join(missing),
+                )
+            return sandbox
         if settings.sandbox == "linux":
             raise ConfigurationError(f"the linux sandbox is not available on this host: {why}")
         log.warning(

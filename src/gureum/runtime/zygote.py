@@ -19,11 +19,13 @@ the function-independent part of its root, so a cold start pays only the functio
 cgroup migration on cgroup v1 alone costs ~12 ms of kernel RCU synchronisation.
 
 Per instance, the zygote forks A; A joins the instance's cgroups, unshares the mount, PID,
-network, IPC, UTS and cgroup namespaces and forks B, the instance, which is PID 1 of its own
-PID namespace (killing it kills everything it started). A reports B's pid and exits; the
-zygote, a child subreaper, adopts and reaps B. B builds a minimal root, `pivot_root`s into it,
-sets rlimits, switches to its own unprivileged uid, sets no_new_privs, drops capabilities,
-loads the seccomp filter last, and runs the shim, which imports the handler.
+network, IPC, UTS and cgroup namespaces (and, rootless, a user namespace first, mapping the
+server's own uid to SANDBOX_UID inside and nothing else) and forks B, the instance, which is
+PID 1 of its own PID namespace (killing it kills everything it started). A reports B's pid
+and exits; the zygote, a child subreaper, adopts and reaps B. B builds a minimal root,
+`pivot_root`s into it, sets rlimits, switches to its own unprivileged uid (rootless: stays
+SANDBOX_UID, the only one mapped, and clears its capabilities), sets no_new_privs, drops
+capabilities, loads the seccomp filter last, and runs the shim, which imports the handler.
 
 A template (see `gureum.runtime.bootstrap` for why it is safe) is built the same way, with three
 differences: its /tmp is a link to the private tmpfs each of its instances will hold open at
@@ -73,6 +75,7 @@ policy = _load("_gureum_seccomp_policy", os.path.join(_HERE, "seccomp_policy.py"
 
 libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -86,6 +89,12 @@ PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), 155)
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 CAP_LAST = 40
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+SYS_CAPSET = {"x86_64": 126, "aarch64": 91}.get(platform.machine(), 126)
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SANDBOX_UID = 1000  # rootless: the server's uid, as seen inside the user namespace
+ST_FLAGS_TO_KEEP = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | 1024 | 2048  # +atime bits
+ST_RELATIME, MS_RELATIME = 4096, 1 << 21
 TMP_FD = bootstrap.TMP_FD  # a template's instances reach their private /tmp through it
 
 
@@ -122,10 +131,22 @@ def _enter_cgroups(procs_files: list[str]) -> None:
             handle.write(pid)
 
 
-def _unshare() -> None:
+def _unshare(rootless: bool) -> None:
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
     flags |= CLONE_NEWCGROUP
-    _check(libc.unshare(flags), "unshare")
+    if not rootless:
+        _check(libc.unshare(flags), "unshare")
+        return
+    uid, gid = os.geteuid(), os.getegid()
+    # the other namespaces are created owned by the new user namespace, where we are all-capable
+    _check(libc.unshare(flags | CLONE_NEWUSER), "unshare")
+    for name, content in (
+        ("setgroups", "deny"),
+        ("uid_map", f"{SANDBOX_UID} {uid} 1"),
+        ("gid_map", f"{SANDBOX_UID} {gid} 1"),
+    ):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(content)
 
 
 # ---- in B: the minimal root ----------------------------------------------------------------
@@ -146,6 +167,12 @@ def _bind(source: str, target: str, writable: bool = False) -> None:
     flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if writable else MS_RDONLY)
     if not source.startswith("/dev/"):
         flags |= MS_NODEV
+    # keep the flags the source mount already has: in a user namespace they are locked, and
+    # a remount that would clear one is refused
+    existing = os.statvfs(target).f_flag
+    flags |= existing & ST_FLAGS_TO_KEEP & ~(0 if not writable else MS_RDONLY)
+    if existing & ST_RELATIME:
+        flags |= MS_RELATIME
     _mount(None, target, None, flags)
 
 
@@ -227,14 +254,21 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def _drop_privileges(uid: int, gid: int) -> None:
+def _drop_privileges(uid: int, gid: int, rootless: bool = False) -> None:
     for cap in range(CAP_LAST + 1):
         failed = libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
         if failed and ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
             break
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)  # a non-zero uid clears the permitted and effective sets
+    if rootless:
+        # one uid is mapped and we already are it (not root inside): clear the capabilities
+        # the namespace's creator holds; with an empty bounding set, exec gives none back
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+        header = struct.pack("=Ii", LINUX_CAPABILITY_VERSION_3, 0)
+        _check(libc.syscall(SYS_CAPSET, header, bytes(24)), "capset")
+    else:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)  # a non-zero uid clears the permitted and effective sets
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
@@ -308,7 +342,7 @@ def _instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
         os.chdir("/var/task")
         for name, value in plan["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (value, value))
-        _drop_privileges(plan["uid"], plan["uid"])
+        _drop_privileges(plan["uid"], plan["uid"], bool(plan.get("rootless")))
         for port, path in plan["forwarders"]:
             _forwarder(port, path)
         _load_bpf(filters[plan["network"] == "none", template])
@@ -365,7 +399,7 @@ def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) 
 # ---- the zygote loop ------------------------------------------------------------------------
 
 
-def _fork_sandbox(cgroup_procs: list[str], keep: list[int], body: Any) -> int:
+def _fork_sandbox(plan: dict[str, Any], keep: list[int], body: Any) -> int:
     """Fork A, which joins the cgroup, unshares the namespaces and forks B to run `body()`;
     return B's pid (in the zygote's namespace)."""
     report_read, report_write = os.pipe()
@@ -374,8 +408,8 @@ def _fork_sandbox(cgroup_procs: list[str], keep: list[int], body: Any) -> int:
         try:
             for fd in (*keep, report_read):
                 os.close(fd)
-            _enter_cgroups(cgroup_procs)
-            _unshare()
+            _enter_cgroups(plan["cgroup_procs"])
+            _unshare(bool(plan.get("rootless")))
             b_pid = os.fork()
             if b_pid == 0:
                 os.close(report_write)
@@ -446,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             if kind == "warm":
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 pid = _fork_sandbox(
-                    plan["cgroup_procs"],
+                    plan,
                     [*keep(), ours.fileno()],
                     functools.partial(_warm_instance, plan, theirs, filters),
                 )
@@ -464,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
                     pid = int(header["slot"])
                 else:
                     pid = _fork_sandbox(
-                        plan["cgroup_procs"],
+                        plan,
                         keep(),
                         functools.partial(_cold_instance, plan, fds, filters),
                     )

@@ -180,7 +180,10 @@ class CgroupTree:
     @classmethod
     def detect(cls, root: Path = ROOT, name: str = "gureum") -> CgroupTree | None:
         """The usable layout on this host, with Gureum's parent groups created; None if the
-        host offers no writable memory+pids+cpu cgroups."""
+        host offers no writable memory+pids+cpu cgroups. Not root: only a delegated v2
+        subtree (see `delegated()`)."""
+        if os.geteuid() != 0:
+            return cls.delegated(root, name)
         v2 = cls._unified_root(root)
         if v2 is not None:
             controllers = (v2 / "cgroup.controllers").read_text().split()
@@ -207,6 +210,45 @@ class CgroupTree:
         if not os.access(bases["memory"], os.W_OK):
             return None
         return cls(1, bases)
+
+    @classmethod
+    def delegated(cls, root: Path = ROOT, name: str = "gureum") -> CgroupTree | None:
+        """A v2 subtree delegated to this (unprivileged) user, as systemd's `Delegate=yes` or
+        `systemd-run --user -p Delegate=yes` give: our own cgroup is writable by us and offers
+        memory, pids and cpu. Processes may only sit in leaves, so this process moves into
+        a `<name>-agent` leaf and instances get `<name>/` beside it. None if not delegated."""
+        v2 = cls._unified_root(root)
+        if v2 is None:
+            return None
+        try:
+            own = next(
+                line[3:]
+                for line in Path("/proc/self/cgroup").read_text().splitlines()
+                if line.startswith("0::")
+            )
+        except (OSError, StopIteration):
+            return None
+        here = v2 / own.lstrip("/")
+        try:
+            controllers = set((here / "cgroup.controllers").read_text().split())
+        except OSError:
+            return None
+        if not {"memory", "pids", "cpu"} <= controllers or not os.access(here, os.W_OK):
+            return None
+        try:
+            if (here / "cgroup.procs").read_text().split():
+                agent = here / f"{name}-agent"
+                agent.mkdir(exist_ok=True)
+                for pid in (here / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(OSError):  # exited meanwhile
+                        _write(agent / "cgroup.procs", pid)
+            _write(here / "cgroup.subtree_control", "+memory +pids +cpu")
+            base = here / name
+            base.mkdir(exist_ok=True)
+            _write(base / "cgroup.subtree_control", "+memory +pids +cpu")
+        except OSError:
+            return None
+        return cls(2, {"unified": base})
 
     @staticmethod
     def _unified_root(root: Path) -> Path | None:
@@ -238,3 +280,45 @@ class CgroupTree:
                 if group.remove(timeout_s=1.0):
                     removed += 1
         return removed
+
+
+class NoCgroup(InstanceCgroup):
+    """Where Gureum may not write cgroups (rootless without delegation): limits nothing,
+    kills nothing (the PID namespace does), never reports an OOM kill."""
+
+    def __init__(self) -> None:
+        super().__init__("none", 0, {})
+
+    def join(self, pid: int) -> None:
+        return None
+
+    def limit(self, memory_mb: int, pids_max: int) -> None:
+        return None
+
+    def set_cpu_quota(self, quota_us: int) -> None:
+        return None
+
+    def set_memory_limit(self, memory_mb: int) -> None:
+        return None
+
+    def oom_kills(self) -> int:
+        return 0
+
+    def kill(self) -> None:
+        return None
+
+    def remove(self, timeout_s: float = 5.0) -> bool:
+        return True
+
+
+class NoCgroups(CgroupTree):
+    """A `CgroupTree` that hands out `NoCgroup`s."""
+
+    def __init__(self) -> None:
+        super().__init__(0, {})
+
+    def prepare(self) -> InstanceCgroup:
+        return NoCgroup()
+
+    def sweep(self) -> int:
+        return 0

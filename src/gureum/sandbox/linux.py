@@ -47,7 +47,7 @@ from gureum.runtime import protocol
 from gureum.runtime.bootstrap import LANDLOCK_MIN_ABI, landlock_abi
 from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
-from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup
+from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup, NoCgroups
 from gureum.sandbox.egress import AllowList, EgressProxy
 from gureum.sandbox.libraries import offered_packages
 
@@ -133,20 +133,84 @@ def _host_pid(parent: int, ns_pid: int) -> int | None:
     return None
 
 
-def linux_sandbox_cgroups() -> tuple[CgroupTree | None, str]:
-    """The cgroup tree the linux driver would use on this host, or None and why not."""
+ROOTLESS_UID = 1000  # = zygote.SANDBOX_UID: the server's own uid, inside a rootless sandbox
+ROOTLESS_NPROC = 4096  # rootless: RLIMIT_NPROC counts all processes of the server's own user
+ADDRESS_SPACE_HEADROOM_MB = 512  # without cgroups, RLIMIT_AS = memory + this (as `process`)
+
+
+@dataclass(frozen=True)
+class LinuxSupport:
+    """What the linux driver can do on this host (decided once, at start-up)."""
+
+    usable: bool
+    rootless: bool
+    cgroups: CgroupTree | None  # None: no cgroup limits at all
+    why: str
+
+
+def _user_namespaces_work() -> str | None:
+    """Try, in a throw-away child, what rootless mode needs: a user namespace with our uid
+    mapped, a mount namespace in it, and a tmpfs mounted there. None if it all works."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.close(read_end)
+            libc = ctypes.CDLL(None, use_errno=True)
+            uid, gid = os.geteuid(), os.getegid()
+            if libc.unshare(0x10000000 | 0x00020000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER) refused")
+            for name, content in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                                  ("gid_map", f"0 {gid} 1")):  # fmt: skip
+                with open(f"/proc/self/{name}", "w") as handle:
+                    handle.write(content)
+            if libc.mount(None, b"/", None, ctypes.c_ulong(16384 | (1 << 18)), None) != 0:
+                raise OSError(ctypes.get_errno(), "making / private refused")
+            if libc.mount(b"t", b"/tmp", b"tmpfs", ctypes.c_ulong(0), None) != 0:
+                raise OSError(ctypes.get_errno(), "tmpfs mount in the namespace refused")
+            os._exit(0)
+        except BaseException as exc:
+            os.write(write_end, str(exc).encode()[:500])
+            os._exit(1)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        message = reader.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return None if os.waitstatus_to_exitcode(status) == 0 else message or "failed"
+
+
+def linux_sandbox_support() -> LinuxSupport:
+    """Whether and how the linux driver runs here: as root with cgroups (full), or without
+    root in a user namespace, with cgroups only where a v2 subtree is delegated to us."""
     if not sys.platform.startswith("linux"):
-        return None, "not Linux"
-    if os.geteuid() != 0:
-        return None, "needs root (user-namespace mode is not implemented yet)"
+        return LinuxSupport(False, False, None, "not Linux")
     if importlib.util.find_spec("pyseccomp") is None:
-        return None, "the pyseccomp package is missing"
+        return LinuxSupport(False, False, None, "the pyseccomp package is missing")
     if ctypes.util.find_library("seccomp") is None:
-        return None, "libseccomp is not installed (Debian/Ubuntu: apt-get install libseccomp2)"
+        why = "libseccomp is not installed (Debian/Ubuntu: apt-get install libseccomp2)"
+        return LinuxSupport(False, False, None, why)
+    if os.geteuid() == 0:
+        tree = CgroupTree.detect()
+        if tree is None:
+            return LinuxSupport(False, False, None, "no writable memory+pids+cpu cgroups")
+        return LinuxSupport(True, False, tree, "root, cgroups and seccomp available")
+    failure = _user_namespaces_work()
+    if failure is not None:
+        return LinuxSupport(False, True, None, f"not root, and user namespaces fail: {failure}")
     tree = CgroupTree.detect()
     if tree is None:
-        return None, "no writable memory+pids+cpu cgroups"
-    return tree, "root, cgroups and seccomp available"
+        why = "rootless (user namespace); no delegated cgroup: no memory, pids or CPU limits"
+        return LinuxSupport(True, True, None, why)
+    return LinuxSupport(True, True, tree, "rootless (user namespace), delegated cgroup v2")
+
+
+def linux_sandbox_cgroups() -> tuple[CgroupTree | None, str]:
+    """The cgroup tree the full (root) linux driver would use on this host, or None and why
+    not (tests and benchmarks that need every protection)."""
+    if os.geteuid() != 0:
+        return None, "needs root for every protection (rootless mode has fewer)"
+    support = linux_sandbox_support()
+    return support.cgroups, support.why
 
 
 def host_supports_linux_sandbox() -> tuple[bool, str]:
@@ -243,15 +307,18 @@ class LinuxSandbox:
         self,
         data_dir: Path,
         endpoint: str,
-        cgroups: CgroupTree,
+        cgroups: CgroupTree | None,
         warm_target: int = 2,
+        rootless: bool = False,
         templates: bool = True,
         template_keep_alive_s: float = 300.0,
         max_templates: int = 16,
     ) -> None:
         self.data_dir = data_dir
         self.endpoint = endpoint
-        self.cgroups = cgroups
+        self.has_cgroups = cgroups is not None
+        self.cgroups = cgroups if cgroups is not None else NoCgroups()
+        self.rootless = rootless
         self.root_dir = data_dir / "sandbox" / "root"
         self.api_socket = data_dir / "sandbox" / "api.sock"
         self._zygote: asyncio.subprocess.Process | None = None
@@ -282,7 +349,9 @@ class LinuxSandbox:
         self.max_templates = max_templates
         self._template_reaper: asyncio.Task[None] | None = None
         self.templates_off: str | None = "turned off in settings"
-        if templates:
+        if templates and rootless:
+            self.templates_off = "rootless: a template's instances need a root agent"
+        elif templates:
             self.templates_off = templates_unavailable()
             if self._static["late_binds"]:
                 self.templates_off = "the Python runtime lives under /tmp"
@@ -317,6 +386,7 @@ class LinuxSandbox:
             return path == "/tmp" or path.startswith("/tmp/")
 
         return {
+            "rootless": self.rootless,
             "binds": [b for b in binds if not late(b[1])],
             "hide": [h for h in hide if not late(h)],
             "late_binds": [b for b in binds if late(b[1])],
@@ -450,18 +520,46 @@ class LinuxSandbox:
 
     def checks(self) -> list[IsolationCheck]:
         version = f"cgroup v{self.cgroups.version}"
+        namespaces = "mount, pid, network, ipc, uts, cgroup"
+        if self.has_cgroups:
+            memory = IsolationCheck("memory limit (cgroup)", True, f"{version}; OOM reported")
+            pids = IsolationCheck("pids and CPU limits", True, f"{version}; 1,769 MB = 1 vCPU")
+        else:
+            memory = IsolationCheck(
+                "memory limit (cgroup)",
+                False,
+                "no delegated cgroup: RLIMIT_AS (memory + 512 MB) only; OOM is not reported",
+            )
+            pids = IsolationCheck(
+                "pids and CPU limits",
+                False,
+                f"no delegated cgroup: no CPU limit; RLIMIT_NPROC {ROOTLESS_NPROC} counts every "
+                "process of the server's user",
+            )
+        if self.rootless:
+            user = IsolationCheck(
+                "unprivileged user",
+                True,
+                "rootless: own user namespace per instance, the server's uid mapped to "
+                "uid 1000 and nothing else, no capabilities; instances share that host uid",
+            )
+            namespaces = "user, " + namespaces
+        else:
+            user = IsolationCheck(
+                "unprivileged user", True, "own uid per instance, no capabilities"
+            )
         return [
             IsolationCheck("separate process", True, "forked from a pre-warmed zygote"),
-            IsolationCheck("namespaces", True, "mount, pid, network, ipc, uts, cgroup"),
+            IsolationCheck("namespaces", True, namespaces),
             IsolationCheck("minimal root", True, "pivot_root; code read-only at /var/task"),
-            IsolationCheck("memory limit (cgroup)", True, f"{version}; OOM reported"),
-            IsolationCheck("pids and CPU limits", True, f"{version}; 1,769 MB = 1 vCPU"),
+            memory,
+            pids,
             IsolationCheck("file-system isolation", True, "only the runtime is visible, read-only"),
             IsolationCheck(
                 "network isolation", True, "empty namespace; platform relay; allow-listed egress"
             ),
             IsolationCheck("seccomp", True, f"{len(DENIED_SYSCALLS)} escape syscalls refused"),
-            IsolationCheck("unprivileged user", True, "own uid per instance, no capabilities"),
+            user,
             IsolationCheck("platform code hidden", True, "site-packages hidden; boto3 offered"),
             IsolationCheck(
                 "templates (SnapStart by fork)",
@@ -488,6 +586,8 @@ class LinuxSandbox:
 
     def _function_plan(self, spec: InstanceSpec, uid: int) -> dict[str, Any]:
         """The per-function rest of a sandbox's plan."""
+        if self.rootless:
+            uid = ROOTLESS_UID  # the one uid mapped in its user namespace
         port = urlsplit(self.endpoint).port or 80
         env = self._instance_env(spec)
         binds = [(str(spec.code_dir), "/var/task")]
@@ -511,16 +611,22 @@ class LinuxSandbox:
             },
             "network": spec.network,
             "forwarders": forwarders,
-            "rlimits": {
-                "RLIMIT_CORE": 0,
-                "RLIMIT_NOFILE": 1024,
-                "RLIMIT_NPROC": PIDS_MAX,
-                "RLIMIT_FSIZE": spec.ephemeral_mb * MB,
-            },
+            "rlimits": self._rlimits(spec),
             "env": env,
             "uid": uid,
             "paths": ["/opt/gureum/python"],
         }
+
+    def _rlimits(self, spec: InstanceSpec) -> dict[str, int]:
+        rlimits = {
+            "RLIMIT_CORE": 0,
+            "RLIMIT_NOFILE": 1024,
+            "RLIMIT_NPROC": ROOTLESS_NPROC if self.rootless else PIDS_MAX,
+            "RLIMIT_FSIZE": spec.ephemeral_mb * MB,
+        }
+        if not self.has_cgroups:
+            rlimits["RLIMIT_AS"] = (spec.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * MB
+        return rlimits
 
     def _instance_env(self, spec: InstanceSpec) -> dict[str, str]:
         port = urlsplit(self.endpoint).port or 80
