@@ -45,6 +45,7 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accounting import CLOCK_TICK_S, busy_cpu_s, own_and_waited_cpu_s
 from load import HttpRequest, pick_generator
 
 from tests.conftest import make_zip
@@ -99,6 +100,57 @@ def _percentile(values: list[float], q: float) -> float:
 def _cpu_s() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime
+
+
+def tree_cpu(root: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds of `root` and of each of its live descendants (instances are forked by a
+    zygote, so they are grandchildren of the server)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    descendants: dict[int, float] = {}
+    for pid in ticks:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            descendants[pid] = ticks[pid] * CLOCK_TICK_S
+    return ticks.get(root, 0) * CLOCK_TICK_S, descendants
+
+
+class CpuWatch:
+    """Where the machine's CPU went between `__init__` and `result()`: the server process, its
+    children (function instances), this process and wrk, and everything else."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.wall = time.perf_counter()
+        self.busy, self.loadgen = busy_cpu_s(), own_and_waited_cpu_s()
+        self.own, self.children = tree_cpu(server_pid)
+
+    def result(self) -> dict[str, float]:
+        own, children = tree_cpu(self.pid)
+        wall = time.perf_counter() - self.wall
+        server = own - self.own
+        instances = sum(t - self.children.get(pid, 0.0) for pid, t in children.items())
+        loadgen = own_and_waited_cpu_s() - self.loadgen
+        busy = busy_cpu_s() - self.busy
+        return {
+            "wall_s": round(wall, 2),
+            "server_cpu_s": round(server, 2),
+            "instances_cpu_s": round(instances, 2),
+            "loadgen_cpu_s": round(loadgen, 2),
+            "other_processes_cpu_s": round(max(0.0, busy - server - instances - loadgen), 2),
+            "machine_cpu_capacity_s": round(wall * (os.cpu_count() or 1), 2),
+        }
 
 
 # ---- a count-limited pipelined client ----------------------------------------------------------
@@ -168,7 +220,7 @@ async def _receive_all(
 
 
 def bench_async(
-    port: int, data_dir: Path, duration_s: float, connections: int, generator: str
+    port: int, pid: int, data_dir: Path, duration_s: float, connections: int, generator: str
 ) -> dict[str, Any]:
     lam = _client("lambda", port)
     lam.create_function(
@@ -190,9 +242,12 @@ def bench_async(
     path = "/2015-03-31/functions/trivial/invocations"
     request = signed(port, "lambda", path, {"X-Amz-Invocation-Type": "Event"}, b"{}")
     _, generate = pick_generator(generator)
+    watch = CpuWatch(pid)
     load = generate(request, connections, duration_s)
+    time.sleep(0.5)  # requests wrk had in flight when it stopped are committed by now
     accepted = db.execute("SELECT count(*) FROM async_events WHERE id > ?", (before,)).fetchone()[0]
     _wait_settled(db)
+    cpu = watch.result()
     time.sleep(1.0)  # let the invocation records flush
     first, last = db.execute(
         "SELECT min(created_at), max(updated_at) FROM async_events WHERE id > ?", (before,)
@@ -222,6 +277,7 @@ def bench_async(
         "enqueue_to_start_ms_p99": round(_percentile(delays, 0.99), 1),
         "records_joined": len(delays),
         "not_succeeded": not_succeeded,
+        "cpu_from_first_request_to_all_settled": cpu,
     }
 
 
@@ -238,7 +294,13 @@ def _wait_settled(db: sqlite3.Connection) -> None:
 
 
 def bench_sqs(
-    port: int, data_dir: Path, duration_s: float, messages: int, connections: int, generator: str
+    port: int,
+    pid: int,
+    data_dir: Path,
+    duration_s: float,
+    messages: int,
+    connections: int,
+    generator: str,
 ) -> dict[str, Any]:
     sqs = _client("sqs", port)
     # functional check through the real SDK
@@ -255,7 +317,10 @@ def bench_sqs(
     # SendMessage under wrk, as long as the async phase
     send = _sqs_request(port, "SendMessage", {"QueueUrl": url, "MessageBody": "message"})
     _, generate = pick_generator(generator)
+    watch = CpuWatch(pid)
     load = generate(send, connections, duration_s)
+    send_cpu = watch.result()
+    time.sleep(0.5)  # requests wrk had in flight when it stopped are committed by now
     stored = db.execute(
         "SELECT count(*) FROM queue_messages WHERE queue_id = ?", (queue_id,)
     ).fetchone()[0]
@@ -267,6 +332,7 @@ def bench_sqs(
         "send_latency_ms_p50": round(load.p50_ms, 2),
         "send_latency_ms_p99": round(load.p99_ms, 2),
         "messages_in_store": stored,
+        "send_cpu": send_cpu,
     }
     # keep `messages` of them for the receive and delete phases
     db.execute(
@@ -352,9 +418,17 @@ def main() -> None:
                 "load_average": os.getloadavg(),
             },
             "command": " ".join(["python3", "bench/events.py", *sys.argv[1:]]),
-            "async": bench_async(port, data_dir, args.duration, args.connections, args.load),
+            "async": bench_async(
+                port, server.pid, data_dir, args.duration, args.connections, args.load
+            ),
             "sqs": bench_sqs(
-                port, data_dir, args.duration, args.messages, args.connections, args.load
+                port,
+                server.pid,
+                data_dir,
+                args.duration,
+                args.messages,
+                args.connections,
+                args.load,
             ),
         }
     finally:

@@ -1,10 +1,12 @@
-"""SIGKILL the server under async load: every accepted event still runs, no rejected one does."""
+"""SIGKILL the server under async load: every accepted event still runs, no rejected one does,
+and no schedule tick is ever fired twice."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from gureum.client import Client
 from tests.conftest import free_port, make_zip
 
 KEY, SECRET = "AKIACRASHTEST0001", "crash-test-secret-key-0001"
@@ -30,13 +33,16 @@ def handler(event, context):
 """
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(
+    data_dir: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "GUREUM_ROOT_ACCESS_KEY_ID": KEY,
         "GUREUM_ROOT_SECRET_ACCESS_KEY": SECRET,
         "GUREUM_ASYNC_RETRY_BASE_S": "0.1",
         "GUREUM_SANDBOX": "process",  # the function leaves marks on the host file system
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gureum", "up", "--port", str(port), "--data-dir", str(data_dir)],
@@ -64,9 +70,12 @@ def _kill_under_load_then_check(
     marks: Path,
     outcomes: tuple[set[str], set[str], set[str]],
     at_least: int,
+    extra_env: dict[str, str] | None = None,
+    after_restart: Any = None,
 ) -> None:
     """Run `send` on 6 threads, SIGKILL the server once `at_least` requests were accepted,
-    restart it, and check: every accepted one ran, no refused one did."""
+    restart it, and check: every accepted one ran, no refused one did. `after_restart()`
+    runs last, before the restarted server is stopped."""
     accepted, rejected, unknown = outcomes
     threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
     for thread in threads:
@@ -80,7 +89,7 @@ def _kill_under_load_then_check(
         thread.join(60)
     assert len(accepted) >= at_least and rejected
 
-    server = _start(data_dir, port)
+    server = _start(data_dir, port, extra_env)
     try:
 
         def ran() -> set[str]:
@@ -92,6 +101,8 @@ def _kill_under_load_then_check(
             time.sleep(0.2)
         assert not ran() & rejected, "something ran for a refused request"
         assert ran() <= accepted | unknown
+        if after_restart is not None:
+            after_restart()
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(30) == 0
@@ -232,3 +243,118 @@ def test_sigkill_during_queue_load_loses_no_message(tmp_path: Path) -> None:
     _kill_under_load_then_check(
         server, send, data_dir, port, marks, (accepted, rejected, unknown), at_least=150
     )
+
+
+MIXED = """
+import json, os, uuid
+def mark(directory, name):
+    open(os.path.join(directory, f"{name}.{uuid.uuid4().hex}"), "w").close()
+def handler(event, context):
+    if event.get("detail-type") == "Scheduled Event":
+        mark(os.environ["TICKS"], f"{event['time']}~{event['id']}")
+    elif "Records" in event:
+        for record in event["Records"]:
+            body = json.loads(record["body"])
+            mark(body["dir"], body["id"])
+    else:
+        mark(event["dir"], event["id"])
+"""
+
+
+def test_sigkill_during_mixed_load_loses_nothing_and_fires_no_tick_twice(
+    tmp_path: Path,
+) -> None:
+    """Invokes, queue messages and a once-a-second schedule at once, then SIGKILL."""
+    data_dir, marks, ticks = tmp_path / "data", tmp_path / "marks", tmp_path / "ticks"
+    marks.mkdir()
+    ticks.mkdir()
+    port = free_port()
+    env = {"GUREUM_SCHEDULE_ALLOW_SECONDS": "1"}
+    server = _start(data_dir, port, env)
+    lam, sqs = _client(port), _sqs(port)
+    lam.create_function(
+        FunctionName="mixed",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": MIXED})},
+        Environment={"Variables": {"TICKS": str(ticks)}},
+    )
+    url = sqs.create_queue(QueueName="mixed", Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="mixed", BatchSize=10)
+    endpoint = f"http://127.0.0.1:{port}"
+    with Client(endpoint, KEY, SECRET) as client:
+        client.create_schedule("tick", "rate(1 second)", "mixed")
+    deadline = time.monotonic() + 15
+    while not os.listdir(ticks):  # the schedule is firing before the load starts
+        assert time.monotonic() < deadline, "the schedule never fired"
+        time.sleep(0.1)
+    accepted: set[str] = set()
+    rejected: set[str] = set()
+    unknown: set[str] = set()
+    lock = threading.Lock()
+
+    def send(worker: int) -> None:
+        invoke = worker % 2 == 0  # half the threads invoke, half send queue messages
+        client = _client(port) if invoke else _sqs(port)
+        for i in range(60):
+            event_id = f"{'e' if invoke else 'q'}{worker}-{i}"
+            payload: dict[str, Any] = {"dir": str(marks), "id": event_id}
+            if i % 10 == 9:  # over the limit: must be refused and never run
+                payload["pad"] = "x" * ((1024 * 1024 + 1) if invoke else 262_144)
+            try:
+                if invoke:
+                    response = client.invoke(
+                        FunctionName="mixed", InvocationType="Event", Payload=json.dumps(payload)
+                    )
+                    outcome = accepted if response["StatusCode"] == 202 else unknown
+                else:
+                    client.send_message(QueueUrl=url, MessageBody=json.dumps(payload))
+                    outcome = accepted
+            except ClientError:
+                outcome = rejected
+            except Exception:
+                outcome = unknown  # the connection died with the server: either way is fine
+            with lock:
+                outcome.add(event_id)
+
+    def ticks_settle() -> None:
+        with Client(endpoint, KEY, SECRET) as client:
+            before = client.get_schedule("tick")["fired"]
+            deadline = time.monotonic() + 30
+            while client.get_schedule("tick")["fired"] < before + 2:  # fires after the restart
+                assert time.monotonic() < deadline, "the schedule stopped firing"
+                time.sleep(0.2)
+            client.pause_schedule("tick")
+            deadline = time.monotonic() + 60
+            while client.events(state="pending") + client.events(state="running"):
+                assert time.monotonic() < deadline, "tick events never finished"
+                time.sleep(0.2)
+
+    _kill_under_load_then_check(
+        server,
+        send,
+        data_dir,
+        port,
+        marks,
+        (accepted, rejected, unknown),
+        at_least=120,
+        extra_env=env,
+        after_restart=ticks_settle,
+    )
+    with sqlite3.connect(data_dir / "gureum.db") as db:
+        rows = db.execute(
+            "SELECT payload FROM async_events WHERE source = 'schedule tick'"
+        ).fetchall()
+    fired = [json.loads(payload) for (payload,) in rows]
+    times = [event["time"] for event in fired]
+    assert len(times) == len(set(times)) >= 4, "a tick was enqueued twice"
+    ran: dict[str, set[str]] = {}
+    for name in os.listdir(ticks):
+        tick_time, _, event_id = name.rsplit(".", 1)[0].partition("~")
+        ran.setdefault(tick_time, set()).add(event_id)
+    assert all(len(ids) == 1 for ids in ran.values()), "a tick ran as two different events"
+    assert {event["time"]: {event["id"]} for event in fired} == ran  # every fired tick ran

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gureum.cli import functions, objects, operations, render, routes, schedules
+from gureum.cli import functions, mappings, objects, operations, render, routes, schedules
 from gureum.cli.render import reports_errors
 from gureum.settings import Settings
 
@@ -100,3 +100,4 @@ app.add_typer(routes.api_app, name="api")
 app.add_typer(routes.key_app, name="api-key")
 app.add_typer(schedules.schedule_app, name="schedule")
 app.add_typer(schedules.topic_app, name="topic")
+app.add_typer(mappings.mapping_app, name="mapping")

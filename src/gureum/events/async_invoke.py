@@ -279,29 +279,34 @@ class AsyncInvoker:
         if room:
             self._maybe_due = False
         claimed: list[dict[str, Any]] = []
+        handed = False
         try:
-            async with self.write_gate, self.db.engine.begin() as conn:
-                if inserts:
-                    await conn.execute(self._insert_statement, [row for row, _ in inserts])
-                if settles:
-                    await conn.execute(self._settle_statement, [p for p, _ in settles])
-                if room:
-                    claimed = await self._claim(conn, room)
+            async with self.db.engine.connect() as conn:
+                async with self.write_gate:
+                    if inserts:
+                        await conn.execute(self._insert_statement, [row for row, _ in inserts])
+                    if settles:
+                        await conn.execute(self._settle_statement, [p for p, _ in settles])
+                    if room:
+                        claimed = await self._claim(conn, room)
+                    await conn.commit()
+                # committed: answer before handing the connection back to the pool
+                for _, future in inserts + settles:
+                    if not future.done():
+                        future.set_result(None)
+                if room and len(claimed) == room:
+                    self._maybe_due = True  # there may be more
+                for event in claimed:
+                    self._ready.put_nowait(event)
+                handed = True
         except Exception as exc:
             for _, future in inserts + settles:
                 if not future.done():
                     future.set_exception(exc)
-            self._maybe_due = self._maybe_due or bool(room)
+            if room and not handed:  # the claim did not commit: look again
+                self._maybe_due = True
             if room and not (inserts or settles):
                 raise
-            return
-        for _, future in inserts + settles:
-            if not future.done():
-                future.set_result(None)
-        if room and len(claimed) == room:
-            self._maybe_due = True  # there may be more
-        for event in claimed:
-            self._ready.put_nowait(event)
 
     async def _claim(self, conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
         """Lease up to `limit` due events, the longest due first."""
@@ -528,16 +533,18 @@ class GroupCommitter:
         if not batch:
             return
         try:
-            async with self.gate, self.db.engine.begin() as conn:
-                await conn.execute(self.statement, [params for params, _ in batch])
+            async with self.db.engine.connect() as conn:
+                async with self.gate:
+                    await conn.execute(self.statement, [params for params, _ in batch])
+                    await conn.commit()
+                # answer before handing the connection back to the pool
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
 
     async def _commit_then(self, future: asyncio.Future[None]) -> None:
         await self._commit()
