@@ -368,3 +368,34 @@ def test_virtual_hosted_style(
     with pytest.raises(ClientError, match="NoSuchBucket"):
         virtual.get_object(Bucket="no-such-bucket-here", Key="k")
     assert [b["Name"] for b in virtual.list_buckets()["Buckets"]] == [bucket]
+
+
+def test_reads_follow_every_kind_of_write(server: RunningServer, s3: Any, bucket: str) -> None:
+    """Each change is seen by the very next read (the embedded shape caches lookups)."""
+
+    def body(key: str) -> bytes:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    for round_ in range(3):
+        s3.put_object(Bucket=bucket, Key="k", Body=f"put {round_}".encode())
+        assert body("k") == f"put {round_}".encode()
+        assert s3.head_object(Bucket=bucket, Key="k")["ContentLength"] == len(f"put {round_}")
+    s3.put_object(Bucket=bucket, Key="src", Body=b"copied")
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "src"})
+    assert body("k") == b"copied"
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload, PartNumber=1, Body=b"mp")["ETag"]
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="k",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    assert body("k") == b"mp"
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k"}]})
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        body("k")
+    s3.delete_object(Bucket=bucket, Key="src")
+    s3.delete_bucket(Bucket=bucket)
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        body("src")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_ADDRESS = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _PAGE = 1000
 RECENT_BUCKET_S = 1.0
+OBJECT_CACHE_SIZE = 10_000
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
@@ -179,12 +181,55 @@ _LOOKUP = (
 )
 
 
-class ObjectCatalog:
-    """Object metadata over a `Database`. Methods raise S3Error with AWS's codes."""
+class _ObjectCache:
+    """Recently looked-up objects, for a catalog that sees every write to its store.
 
-    def __init__(self, db: Database) -> None:
+    A read may fill the cache only if no write began since the read began (`generation`),
+    and every write bumps the generation before its transaction and drops the entry after
+    it, so a value read before a write committed is never kept past that write."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.generation = 0
+        self._entries: OrderedDict[tuple[str, str], ObjectMeta] = OrderedDict()
+
+    def get(self, bucket: str, key: str) -> ObjectMeta | None:
+        meta = self._entries.get((bucket, key))
+        if meta is not None:
+            self._entries.move_to_end((bucket, key))
+        return meta
+
+    def fill(self, meta: ObjectMeta, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._entries[(meta.bucket, meta.key)] = meta
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def forget(self, bucket: str, key: str | None = None) -> None:
+        """Before and after a write: drop the key (None: the whole cache)."""
+        self.generation += 1
+        if key is None:
+            self._entries.clear()
+        else:
+            self._entries.pop((bucket, key), None)
+
+
+class ObjectCatalog:
+    """Object metadata over a `Database`. Methods raise S3Error with AWS's codes.
+
+    With `cache_objects` (only when this catalog is its store's single writer, as with
+    SQLite, whose data dir one process locks), `lookup` answers from recently read metadata:
+    every write goes through this object and invalidates what it changes."""
+
+    def __init__(self, db: Database, *, cache_objects: bool = False) -> None:
         self.db = db
         self._recent: dict[str, tuple[float, Bucket]] = {}
+        self._objects = _ObjectCache(OBJECT_CACHE_SIZE) if cache_objects else None
+
+    def _forget(self, bucket: str, key: str | None = None) -> None:
+        if self._objects is not None:
+            self._objects.forget(bucket, key)
 
     async def recent_bucket(self, name: str) -> Bucket:
         """`get_bucket`, possibly from a copy up to `RECENT_BUCKET_S` old (changes through
@@ -278,6 +323,7 @@ class ObjectCatalog:
             await conn.execute(s3_uploads.delete().where(s3_uploads.c.bucket == name))
             await conn.execute(s3_buckets.delete().where(s3_buckets.c.name == name))
         self._recent.pop(name, None)  # again: a read racing the delete may have cached it
+        self._forget(name)
         return blobs
 
     async def set_notification(self, name: str, document: str) -> None:
@@ -295,10 +341,14 @@ class ObjectCatalog:
     async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
         """Insert or replace an object (and make the `also` writes in the same transaction);
         return the blob it replaced, if any."""
-        async with self.db.engine.begin() as conn:
-            old = await self._put_object(conn, meta)
-            if also is not None:
-                await also(conn)
+        self._forget(meta.bucket, meta.key)
+        try:
+            async with self.db.engine.begin() as conn:
+                old = await self._put_object(conn, meta)
+                if also is not None:
+                    await also(conn)
+        finally:
+            self._forget(meta.bucket, meta.key)
         return old
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
@@ -342,11 +392,26 @@ class ObjectCatalog:
     async def lookup(self, bucket: str, key: str) -> ObjectMeta | None:
         """The object, or None; NoSuchBucket if the bucket is missing (one query for both)."""
         raw = check_key(key)
+        cache = self._objects
+        if cache is not None:
+            cached = cache.get(bucket, key)
+            if cached is not None:
+                return cached
+            generation = cache.generation
         async with self.db.engine.connect() as conn:
             row = (await conn.execute(_LOOKUP, {"bucket": bucket, "key": raw})).mappings().first()
         if row is None:
             raise no_such_bucket(bucket)
-        return None if row["blob"] is None else _object(row)
+        if row["blob"] is None:
+            return None
+        meta = _object(row)
+        if cache is not None:
+            cache.fill(meta, generation)
+        return meta
+
+    def forget(self, bucket: str, key: str) -> None:
+        """Drop a cached lookup that turned out stale (its blob was gone)."""
+        self._forget(bucket, key)
 
     async def delete_object(
         self, bucket: str, key: str, also: AlsoWrite | None = None
@@ -355,13 +420,17 @@ class ObjectCatalog:
         one); return what was removed (None: there was nothing)."""
         raw = check_key(key)
         where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
-        async with self.db.engine.begin() as conn:
-            row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
-            if row is None:
-                return None
-            await conn.execute(s3_objects.delete().where(where))
-            if also is not None:
-                await also(conn)
+        self._forget(bucket, key)
+        try:
+            async with self.db.engine.begin() as conn:
+                row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
+                if row is None:
+                    return None
+                await conn.execute(s3_objects.delete().where(where))
+                if also is not None:
+                    await also(conn)
+        finally:
+            self._forget(bucket, key)
         return _object(row)
 
     async def list_objects(
@@ -577,6 +646,17 @@ class ObjectCatalog:
         """End an upload: with `meta`, publish it as the object (complete), else abort; the
         `also` writes go into the same transaction. Returns the blobs no longer referenced
         (the parts', and a replaced object's)."""
+        if meta is not None:
+            self._forget(meta.bucket, meta.key)
+        try:
+            return await self._finish_upload(upload_id, meta, also)
+        finally:
+            if meta is not None:
+                self._forget(meta.bucket, meta.key)
+
+    async def _finish_upload(
+        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None
+    ) -> list[str]:
         async with self.db.engine.begin() as conn:
             blobs = list(
                 await conn.scalars(

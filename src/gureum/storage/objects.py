@@ -140,6 +140,7 @@ class ObjectStore:
             if chunks is not None:
                 return meta, chunks
             # replaced between reading the metadata and opening the blob: look again
+            self.catalog.forget(bucket, key)
         raise S3Error("SlowDown", "The object is being rewritten too often; retry.", 503)
 
     async def copy(

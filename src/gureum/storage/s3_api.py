@@ -87,7 +87,8 @@ class S3API:
         and notifications through its durable async invoker and queues. Called on the
         serving event loop, it also starts the sweeper there (its task ends with the loop)."""
         queues = platform.events.queues
-        catalog = ObjectCatalog(platform.db)
+        # SQLite: one process holds the data dir, so this catalog sees every write
+        catalog = ObjectCatalog(platform.db, cache_objects=platform.db.dialect == "sqlite")
         blobs = FileBlobStore(platform.settings.data_dir / "objects")
         store = ObjectStore(
             catalog, blobs, Notifier(platform.async_invoker, queues), platform.settings.region
