@@ -114,13 +114,18 @@ def _spec_digest(spec: InstanceSpec) -> str:
     return hashlib.sha256(repr(fields).encode()).hexdigest()
 
 
-def _host_pid(parent: int, ns_pid: int) -> int | None:
-    """The host pid of `parent`'s child that is `ns_pid` in its own PID namespace."""
+def _host_pid(
+    parent: int, ns_pid: int, known: set[int] | frozenset[int] = frozenset()
+) -> int | None:
+    """The host pid of `parent`'s child that is `ns_pid` in its own PID namespace (newest
+    children first; `known` host pids are skipped)."""
     try:
         children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
     except OSError:
         return None
-    for child in children:
+    for child in reversed(children):
+        if int(child) in known:
+            continue
         try:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:
@@ -861,7 +866,7 @@ class LinuxSandbox:
         """Fork a child of `template`, move it into its own new cgroup, let it go on to
         confine itself; return its pid in the template's namespace. It awaits activation."""
         assert template.process is not None
-        cgroup = await asyncio.to_thread(self.cgroups.prepare)
+        cgroup = self.cgroups.prepare()  # four mkdirs: cheaper than a trip to a thread
         request_id = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         template.forks[request_id] = future
@@ -872,7 +877,8 @@ class LinuxSandbox:
             cgroup.limit(template.memory_mb, PIDS_MAX)
             await self._send_to_template(template, {"t": "fork", "id": request_id})
             ns_pid = await asyncio.wait_for(future, TEMPLATE_WAIT_S)
-            host_pid = _host_pid(template.process.pid, ns_pid)
+            known = {c.pid for c in template.children.values()}
+            host_pid = _host_pid(template.process.pid, ns_pid, known)
             if host_pid is None:
                 raise SandboxError("the forked instance vanished before it was placed")
             # on cgroup v1 a migration waits for an RCU grace period: ~10 ms, unless others
@@ -915,7 +921,8 @@ class LinuxSandbox:
                 try:
                     ns_pid = await self._fork_placed(template)
                 except (OSError, SandboxError, TimeoutError) as exc:
-                    log.warning("could not fork a spare from the template: %s", exc)
+                    if not template.retired and not self._closing:
+                        log.warning("could not fork a spare from the template: %s", exc)
                     return
                 if template.retired:
                     return
