@@ -1,5 +1,7 @@
-"""SQS's wire protocol (AWS JSON 1.0: `POST /`, `X-Amz-Target: AmazonSQS.<Action>`), so
-boto3's `sqs` client works unchanged. Queue URLs are `{endpoint}/{account}/{queue name}`."""
+"""SQS's wire protocols, so boto3's `sqs` client works unchanged: AWS JSON 1.0 (`POST /`,
+`X-Amz-Target: AmazonSQS.<Action>`), which current botocore speaks, and the older query
+protocol (`Action=<Action>&…` form-encoded, XML answers; `gureum.events.sqs_query`), both on
+the same handlers. Queue URLs are `{endpoint}/{account}/{queue name}`."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gureum.errors import GureumError, SQSError
 from gureum.events.queue_store import QueueStore, StoredMessage
@@ -27,6 +29,7 @@ from gureum.events.queues import (
     validate_batch_ids,
     validate_message,
 )
+from gureum.events.sqs_query import FORM, parse_query, render_error, render_result
 from gureum.gateway.responses import aws_json10_error_response
 from gureum.iam.sigv4 import Identity
 
@@ -40,9 +43,28 @@ def sqs_body_limit(_path: str) -> int:
     return MAX_BODY
 
 
-def sqs_error_response(exc: BaseException) -> Response:
-    """Any error on an SQS request, in SQS's JSON error shape."""
+def sqs_error_response(exc: BaseException) -> ASGIApp:
+    """Any error on an SQS request, in the shape of the protocol the request spoke."""
+
+    async def respond(scope: Scope, receive: Receive, send: Send) -> None:
+        render = render_error if _is_query(scope) else _json_error
+        await render(exc)(scope, receive, send)
+
+    return respond
+
+
+def _json_error(exc: BaseException) -> Response:
     return aws_json10_error_response(exc, NAMESPACE)
+
+
+def _is_query(scope: Scope) -> bool:
+    """A query-protocol request: no X-Amz-Target, and a form body or an Action parameter."""
+    headers = dict(scope.get("headers") or [])
+    if b"x-amz-target" in headers:
+        return False
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    query: bytes = scope.get("query_string", b"")
+    return content_type.startswith(FORM) or b"Action=" in query
 
 
 def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -81,18 +103,44 @@ class SQSAPI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        query = _is_query(scope)
         try:
-            response = await self._dispatch(request)
+            response = await (self._dispatch_query if query else self._dispatch)(request)
         except Exception as exc:
-            response = sqs_error_response(exc)
+            response = render_error(exc) if query else _json_error(exc)
         await response(scope, receive, send)
+
+    async def _dispatch_query(self, request: Request) -> Response:
+        if request.method not in ("POST", "GET"):
+            raise SQSError("UnsupportedOperation", "Use POST (or GET) for query requests.")
+        pairs = parse_qsl(request.url.query, keep_blank_values=True)
+        if request.method == "POST":
+            try:
+                form = (await request.body()).decode()
+            except UnicodeDecodeError:
+                raise invalid("The request body is not valid UTF-8.") from None
+            pairs += parse_qsl(form, keep_blank_values=True)
+        name, body = parse_query(pairs)
+        action = self.actions.get(name)
+        if action is None:
+            raise SQSError(
+                "InvalidAction",
+                f"The action {name} is not valid for this endpoint.",
+                query_code="InvalidAction",
+            )
+        parts = [p for p in request.url.path.split("/") if p]
+        if "QueueUrl" not in body and len(parts) == 2:  # sent to the queue's URL
+            body["QueueUrl"] = f"{self.endpoint}/{parts[0]}/{parts[1]}"
+        identity: Identity = request.scope["gureum.identity"]
+        return render_result(name, await action(identity, body))
 
     async def _dispatch(self, request: Request) -> Response:
         target = request.headers.get("x-amz-target", "")
         if request.method != "POST" or not target.startswith(TARGET_PREFIX):
             raise SQSError(
                 "UnsupportedOperation",
-                "Only the AWS JSON 1.0 protocol (X-Amz-Target: AmazonSQS.<Action>) is served.",
+                "Send AWS JSON 1.0 (X-Amz-Target: AmazonSQS.<Action>) or a query request "
+                "(form-encoded Action=<Action>).",
                 query_code="AWS.SimpleQueueService.UnsupportedOperation",
             )
         action = self.actions.get(target.removeprefix(TARGET_PREFIX))
