@@ -616,7 +616,8 @@ class Client:
     # ---- API gateway (/v1/apis, /v1/routes, /v1/api-keys) ---------------------------------
 
     def create_api(self, name: str, **settings: Any) -> dict[str, Any]:
-        """Create an HTTP API: base_path, host, stage, cors, rate_limit, burst (all optional)."""
+        """Create an HTTP API: base_path, host, stage, cors, rate_limit, burst,
+        stage_variables (all optional)."""
         body = {"name": name, **{k: v for k, v in settings.items() if v is not None}}
         result: dict[str, Any] = self._json("POST", "/v1/apis", json_body=body)
         return result
@@ -626,7 +627,8 @@ class Client:
         return result
 
     def update_api(self, name: str, **changes: Any) -> dict[str, Any]:
-        """Change an API's cors / rate_limit / burst (a None value removes cors)."""
+        """Change an API's cors / rate_limit / burst / stage_variables (a None value removes
+        cors; stage_variables replaces them all)."""
         result: dict[str, Any] = self._json("PATCH", f"/v1/apis/{_q(name)}", json_body=changes)
         return result
 

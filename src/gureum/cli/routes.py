@@ -10,8 +10,15 @@ import typer
 from rich.text import Text
 
 from gureum.cli import render
-from gureum.cli.options import JsonOutput, connect
+from gureum.cli.options import JsonOutput, connect, parse_pairs
 from gureum.cli.render import print_json, reports_errors, table
+
+StageVarOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--stage-var", help="Stage variable NAME=VALUE, passed as stageVariables (repeatable)."
+    ),
+]
 
 route_app = typer.Typer(
     help="HTTP routes to functions (API Gateway HTTP API payload format 2.0).",
@@ -220,6 +227,7 @@ def create_api(
     cors_max_age: Annotated[int | None, typer.Option(help="CORS: preflight max age (s).")] = None,
     rate: Annotated[float | None, typer.Option(help="Requests per second (with --burst).")] = None,
     burst: Annotated[int | None, typer.Option(help="Token bucket size (with --rate).")] = None,
+    stage_var: StageVarOption = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Create an HTTP API."""
@@ -240,11 +248,44 @@ def create_api(
             cors=cors,
             rate_limit=rate,
             burst=burst,
+            stage_variables=parse_pairs(stage_var, "--stage-var") or None,
         )
     if json_output:
         print_json(api)
     else:
         render.console().print(Text(f"created API {api['name']} (id {api['api_id']})"))
+
+
+@api_app.command("update")
+@reports_errors
+def update_api(
+    name: Annotated[str, typer.Argument(metavar="NAME", show_default=False)],
+    stage_var: StageVarOption = None,
+    clear_stage_vars: Annotated[
+        bool, typer.Option("--clear-stage-vars", help="Remove every stage variable.")
+    ] = False,
+    rate: Annotated[float | None, typer.Option(help="Requests per second (with --burst).")] = None,
+    burst: Annotated[int | None, typer.Option(help="Token bucket size (with --rate).")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Change an HTTP API's stage variables (--stage-var replaces them all) or rate limit."""
+    changes: dict[str, Any] = {}
+    if stage_var and clear_stage_vars:
+        raise typer.BadParameter("give --stage-var or --clear-stage-vars, not both")
+    if stage_var or clear_stage_vars:
+        changes["stage_variables"] = parse_pairs(stage_var, "--stage-var")
+    if rate is not None or burst is not None:
+        changes.update(rate_limit=rate, burst=burst)
+    if not changes:
+        raise typer.BadParameter(
+            "nothing to change: give --stage-var, --clear-stage-vars or --rate/--burst"
+        )
+    with connect() as client:
+        api = client.update_api(name, **changes)
+    if json_output:
+        print_json(api)
+    else:
+        render.console().print(Text(f"updated API {api['name']}"))
 
 
 @api_app.command("ls")

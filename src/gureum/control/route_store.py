@@ -68,6 +68,7 @@ class RouteStore:
                     rate_limit=row.rate_limit,
                     burst=row.burst,
                     created_at=row.created_at,
+                    stage_variables=json.loads(row.stage_variables) if row.stage_variables else {},
                 )
                 store._routes[row.api_id] = {}
             for row in (await conn.execute(sa.select(gateway_routes))).all():
@@ -151,6 +152,7 @@ class RouteStore:
         cors: dict[str, Any] | None = None,
         rate_limit: float | None = None,
         burst: int | None = None,
+        stage_variables: dict[str, str] | None = None,
     ) -> Api:
         """Create an API; ResourceConflict if the name is taken or another API already serves
         the same host and path prefix."""
@@ -164,6 +166,7 @@ class RouteStore:
             cors=Cors.from_dict(cors) if cors is not None else None,
             rate_limit=rate_limit,
             burst=burst,
+            stage_variables=stage_variables or {},
         ).validated()
         async with self._lock:
             return await self._insert_api(api)
@@ -189,6 +192,7 @@ class RouteStore:
                         rate_limit=api.rate_limit,
                         burst=api.burst,
                         created_at=api.created_at,
+                        stage_variables=_stage_variables_json(api),
                     )
                 )
         except IntegrityError:
@@ -199,8 +203,9 @@ class RouteStore:
         return api
 
     async def update_api(self, account: str, name: str, changes: dict[str, Any]) -> Api:
-        """Change an API's CORS and rate limit (`cors: None` removes CORS)."""
-        allowed = {"cors", "rate_limit", "burst"}
+        """Change an API's CORS, rate limit and stage variables (`cors: None` removes CORS;
+        `stage_variables` replaces them all)."""
+        allowed = {"cors", "rate_limit", "burst", "stage_variables"}
         if set(changes) - allowed:
             raise InvalidParameterValue(f"only {', '.join(sorted(allowed))} can be changed")
         async with self._lock:
@@ -213,6 +218,9 @@ class RouteStore:
                 cors=cors,
                 rate_limit=changes.get("rate_limit", current.rate_limit),
                 burst=changes.get("burst", current.burst),
+                stage_variables=changes.get("stage_variables") or {}
+                if "stage_variables" in changes
+                else current.stage_variables,
             ).validated()
             async with self.db.engine.begin() as conn:
                 await conn.execute(
@@ -222,6 +230,7 @@ class RouteStore:
                         cors=json.dumps(api.cors.to_dict()) if api.cors else None,
                         rate_limit=api.rate_limit,
                         burst=api.burst,
+                        stage_variables=_stage_variables_json(api),
                     )
                 )
             self._apis[api.api_id] = api
@@ -397,3 +406,7 @@ class RouteStore:
                 )
             del self._keys[found[0].key_hash]
             self._changed()
+
+
+def _stage_variables_json(api: Api) -> str | None:
+    return json.dumps(api.stage_variables) if api.stage_variables else None

@@ -30,6 +30,10 @@ DEFAULT_IDENTITY_SOURCE = ("$request.header.Authorization",)
 
 API_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 STAGE_RE = re.compile(r"^(\$default|[A-Za-z0-9_-]{1,128})$")
+# AWS's rules for stage variables: names [A-Za-z0-9_]{1,64}, values of these characters up to 512
+STAGE_VARIABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+STAGE_VARIABLE_VALUE_RE = re.compile(r"^[A-Za-z0-9\-._~:/?#&=,]{1,512}$")
+MAX_STAGE_VARIABLES = 100
 HOST_RE = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
 )
@@ -129,6 +133,8 @@ class Api:
     rate_limit: float | None = None
     burst: int | None = None
     created_at: float = field(default_factory=time.time)
+    # passed to integrations as `stageVariables`, as AWS does for a stage's variables
+    stage_variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -151,6 +157,7 @@ class Api:
         if not STAGE_RE.match(self.stage):
             raise InvalidParameterValue("stage must be $default or match [A-Za-z0-9_-]{1,128}")
         _rate(self.rate_limit, self.burst)
+        check_stage_variables(self.stage_variables)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,8 +170,28 @@ class Api:
             "cors": self.cors.to_dict() if self.cors else None,
             "rate_limit": self.rate_limit,
             "burst": self.burst,
+            "stage_variables": dict(self.stage_variables),
             "created_at": self.created_at,
         }
+
+
+def check_stage_variables(variables: object) -> dict[str, str]:
+    """`variables` if it is a valid set of stage variables; InvalidParameterValue if not."""
+    if not isinstance(variables, dict):
+        raise InvalidParameterValue("stage_variables must be an object of names to values")
+    if len(variables) > MAX_STAGE_VARIABLES:
+        raise InvalidParameterValue(f"at most {MAX_STAGE_VARIABLES} stage variables")
+    for name, value in variables.items():
+        if not isinstance(name, str) or not STAGE_VARIABLE_NAME_RE.match(name):
+            raise InvalidParameterValue(
+                f"stage variable name {name!r} must match [A-Za-z0-9_]{{1,64}}"
+            )
+        if not isinstance(value, str) or not STAGE_VARIABLE_VALUE_RE.match(value):
+            raise InvalidParameterValue(
+                f"stage variable {name} must be 1-512 characters of "
+                "A-Z a-z 0-9 - . _ ~ : / ? # & = ,"
+            )
+    return variables
 
 
 @dataclass(frozen=True)

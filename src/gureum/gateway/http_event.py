@@ -142,6 +142,8 @@ def common_fields(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]
     event["requestContext"] = request_context(api, facts, account)
     if facts.path_params:
         event["pathParameters"] = dict(facts.path_params)
+    if api.stage_variables:  # absent, not empty, when the stage has none (as on AWS)
+        event["stageVariables"] = dict(api.stage_variables)
     return event
 
 

@@ -39,12 +39,16 @@ class ApiIn(BaseModel):
     )
     rate_limit: float | None = Field(None, description="steady requests per second")
     burst: int | None = Field(None, description="bucket size")
+    stage_variables: dict[str, Any] | None = Field(
+        None, description="names to values, passed to integrations as `stageVariables`"
+    )
 
 
 class ApiPatch(BaseModel):
     cors: dict[str, Any] | None = None
     rate_limit: float | None = None
     burst: int | None = None
+    stage_variables: dict[str, Any] | None = None
 
 
 class RouteIn(BaseModel):
@@ -83,6 +87,7 @@ def build_routes_router(platform: Platform) -> APIRouter:
             cors=body.cors,
             rate_limit=body.rate_limit,
             burst=body.burst,
+            stage_variables=body.stage_variables,
         )
         return api.to_dict()
 
@@ -97,7 +102,8 @@ def build_routes_router(platform: Platform) -> APIRouter:
 
     @router.patch("/apis/{name}")
     async def update_api(name: str, body: ApiPatch, identity: Caller) -> dict[str, Any]:
-        """Change CORS and rate limits; only the fields sent change (`cors: null` removes)."""
+        """Change CORS, rate limits and stage variables; only the fields sent change
+        (`cors: null` removes CORS; `stage_variables` replaces all of them)."""
         changes = body.model_dump(exclude_unset=True)
         api = await store.update_api(identity.account_id, name, changes)
         return api.to_dict()

@@ -258,6 +258,8 @@ gateway_apis = sa.Table(
     sa.Column("rate_limit", sa.Float, nullable=True),
     sa.Column("burst", sa.Integer, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # the stage's variables as a JSON object, or NULL for none
+    sa.Column("stage_variables", sa.Text, nullable=True),
     sa.UniqueConstraint("account_id", "name", name="uq_gateway_apis_account_name"),
 )
 

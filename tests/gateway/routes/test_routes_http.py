@@ -289,6 +289,30 @@ def test_platform_apis_keep_working_beside_user_routes(
     assert admin.invoke("echo", b"{}").status == 200
 
 
+def test_stage_variables_reach_the_event(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    api = admin.create_api(
+        "shop",
+        base_path="/shop",
+        stage_variables={"table": "orders-v2", "url": "https://a.b/c?d=e"},
+    )
+    assert api["stage_variables"] == {"table": "orders-v2", "url": "https://a.b/c?d=e"}
+    admin.add_route("GET /s", "echo", api="shop")
+    event = echoed(http.get("/shop/s"))
+    assert event["stageVariables"] == {"table": "orders-v2", "url": "https://a.b/c?d=e"}
+    # replaced as a whole; an empty set leaves the member out, as on AWS
+    admin.update_api("shop", stage_variables={"table": "orders-v3"})
+    assert echoed(http.get("/shop/s"))["stageVariables"] == {"table": "orders-v3"}
+    admin.update_api("shop", stage_variables={})
+    assert "stageVariables" not in echoed(http.get("/shop/s"))
+    for bad in ({"bad-name": "x"}, {"n": ""}, {"n": "white space"}, {"n": "x" * 513}, {"": "x"}):
+        with pytest.raises(InvalidParameterValue):
+            admin.update_api("shop", stage_variables=bad)
+        with pytest.raises(InvalidParameterValue):
+            admin.create_api("other", base_path="/other", stage_variables=bad)
+    assert admin.list_apis()[-1]["stage_variables"] == {}
+
+
 def test_route_management_validation(deploy: Deploy, admin: Client) -> None:
     deploy("echo")
     for bad in (
@@ -343,11 +367,14 @@ def test_routes_survive_a_restart(server_factory: Callable[..., RunningServer]) 
     with Client(first.endpoint, root.access_key_id, root.secret_access_key) as admin:
         code = make_zip({"app.py": "def handler(e, c):\n    return 1\n"})
         admin.create_function("echo", code, "app.handler")
-        admin.create_api("shop", base_path="/shop", cors={"allow_origins": ["*"]})
+        admin.create_api(
+            "shop", base_path="/shop", cors={"allow_origins": ["*"]}, stage_variables={"v": "1"}
+        )
         admin.add_route("GET /n", "echo", api="shop", auth="api-key")
         key = admin.create_api_key("k1", api="shop")["key"]
     first.stop()
     second = server_factory(port=free_port())
+    assert second.platform.routes.get_api(root.account_id, "shop").stage_variables == {"v": "1"}
     response = httpx.get(second.endpoint + "/shop/n", headers={"x-api-key": key})
     assert response.status_code == 200 and response.text == "1"
     assert httpx.get(second.endpoint + "/shop/n").status_code == 403

@@ -164,6 +164,12 @@ def test_cli_manages_apis_routes_and_keys(
     assert f"curl -X GET '{server.endpoint}/hello/{{name}}'" in out
     assert echoed(http.get("/hello/cli"))["pathParameters"] == {"name": "cli"}
     run("api", "create", "admin", "--base-path", "/admin", "--cors-origin", "*")
+    run("api", "update", "admin", "--stage-var", "env=prod", "--stage-var", "db=main")
+    assert json.loads(run("api", "ls", "--json"))[0]["stage_variables"] == {
+        "env": "prod",
+        "db": "main",
+    }
+    assert "KEY=VALUE" in run("api", "update", "admin", "--stage-var", "oops", code=2)
     run(
         "route",
         "add",
