@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -264,7 +265,7 @@ class RouteAuthorizer:
         event = common_fields(api, facts, api.account_id)
         method, _, path = route.route_key.partition(" ")
         event["type"] = "REQUEST"
-        event["routeArn"] = (
+        route_arn = event["routeArn"] = (
             f"arn:aws:execute-api:{self.region}:{api.account_id}:{api.api_id}/{api.stage}/"
             f"{method}{path}"
         )
@@ -287,13 +288,65 @@ class RouteAuthorizer:
             answer = json.loads(result.payload)
         except ValueError:
             answer = None
-        if not isinstance(answer, dict) or not isinstance(answer.get("isAuthorized"), bool):
-            log.warning("authorizer %s returned no isAuthorized boolean", route.auth.function)
+        if not isinstance(answer, dict):
+            answer = {}
+        if isinstance(answer.get("isAuthorized"), bool):  # a simple response
+            allowed = answer["isAuthorized"]
+        elif "policyDocument" in answer:  # an IAM policy response
+            try:
+                allowed = policy_allows(answer["policyDocument"], "execute-api:Invoke", route_arn)
+            except ValueError as exc:
+                log.warning("authorizer %s returned a bad policy: %s", route.auth.function, exc)
+                raise HttpApiError(500, "Internal Server Error") from None
+        else:
+            log.warning(
+                "authorizer %s returned neither isAuthorized nor a policyDocument",
+                route.auth.function,
+            )
             raise HttpApiError(500, "Internal Server Error")
-        if not answer["isAuthorized"]:
+        if not allowed:
             return None
         context = answer.get("context") or {}
         return context if isinstance(context, dict) else {}
+
+
+def policy_allows(document: object, action: str, resource: str) -> bool:
+    """IAM's evaluation of one identity policy for one action on one resource: allowed when a
+    statement allows it and none denies it. `*` and `?` are wildcards (in actions, matched
+    case-insensitively, as IAM does); ValueError for a document that is not a policy."""
+    if not isinstance(document, dict):
+        raise ValueError("policyDocument must be an object")
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list):
+        raise ValueError("policyDocument.Statement must be a statement or a list of them")
+    allowed = False
+    for statement in statements:
+        if not isinstance(statement, dict) or statement.get("Effect") not in ("Allow", "Deny"):
+            raise ValueError("every statement needs Effect Allow or Deny")
+        actions = _strings(statement.get("Action"), "Action")
+        resources = _strings(statement.get("Resource"), "Resource")
+        if any(_glob(a.lower(), action.lower()) for a in actions) and any(
+            _glob(r, resource) for r in resources
+        ):
+            if statement["Effect"] == "Deny":
+                return False
+            allowed = True
+    return allowed
+
+
+def _strings(value: object, member: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f"statement {member} must be a string or a list of strings")
+
+
+def _glob(pattern: str, text: str) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text, re.DOTALL) is not None
 
 
 def facts_headers(scope: Scope) -> set[str]:

@@ -232,3 +232,40 @@ def test_lambda_authorizer_with_cache(
     assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
     records = admin.invocations("authz", limit=20)
     assert {r["trigger"] for r in records} == {"authorizer"}
+
+
+POLICY_AUTHORIZER = """
+def handler(event, context):
+    token = event["headers"].get("authorization", "")
+    arn = event["routeArn"]
+    base = arn.rsplit("/", 2)[0]  # arn:…:api-id/stage
+    statements = {
+        "route": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": arn}],
+        "wildcard": [{"Action": ["execute-api:*"], "Effect": "Allow", "Resource": [base + "/*"]}],
+        "other-route": [{"Action": "execute-api:Invoke", "Effect": "Allow",
+                         "Resource": base + "/POST/elsewhere"}],
+        "deny-wins": [{"Action": "*", "Effect": "Allow", "Resource": "*"},
+                      {"Action": "execute-api:invoke", "Effect": "Deny", "Resource": arn}],
+        "explicit-deny": {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": arn},
+        "malformed": [{"Action": "execute-api:Invoke", "Effect": "Maybe", "Resource": arn}],
+    }[token]
+    return {"principalId": "user-7",
+            "policyDocument": {"Version": "2012-10-17", "Statement": statements},
+            "context": {"tier": "gold"}}
+"""
+
+
+def test_lambda_authorizer_iam_policy_responses(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("echo")
+    deploy("policy", POLICY_AUTHORIZER)
+    admin.add_route("GET /p/{id}", "echo", auth={"kind": "lambda:policy", "ttl_s": 0})
+    for token in ("route", "wildcard"):
+        event = echoed(http.get("/p/1", headers={"Authorization": token}))
+        assert event["requestContext"]["authorizer"]["lambda"] == {"tier": "gold"}
+    for token in ("other-route", "deny-wins", "explicit-deny"):
+        denied = http.get("/p/1", headers={"Authorization": token})
+        assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}, token
+    broken = http.get("/p/1", headers={"Authorization": "malformed"})
+    assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
