@@ -78,6 +78,7 @@ def test_event_invoke_config_crud(server: RunningServer, lam: Any) -> None:
         aws_secret_access_key=root.secret_access_key,
         config=Config(parameter_validation=False, retries={"max_attempts": 0}),
     )
+    server.clients.append(raw)  # closed with the server: a collected client's socket warns
     with pytest.raises(raw.exceptions.InvalidParameterValueException):
         raw.put_function_event_invoke_config(FunctionName="flaky", MaximumRetryAttempts=3)
     with pytest.raises(raw.exceptions.InvalidParameterValueException):
