@@ -11,10 +11,10 @@ A template is a sandbox built exactly like an instance of its function version (
 own uid, no capabilities, no_new_privs, seccomp loaded, pivot_root'ed into the minimal root)
 that imports the handler and then, instead of serving invocations, forks instances on request:
 
-    agent → template  {"t": "fork", "id"}                  fork a child; it waits
+    agent → template  {"t": "fork", "id"} + fd [link]      fork a child P that keeps `link`
     template → agent  {"t": "forked", "id", "pid": P}     P in the template's PID namespace
-    agent → template  {"t": "go", "pid": P}               P is in its own cgroup now
-    agent → template  {"t": "activate", "pid": P, "env"}  + fds [control, log, tmp]
+    agent → P (link)  b"g"                                P is in its own cgroup: confine
+    agent → P (link)  {"t": "activate", "env"} + fds [control, log, tmp]
     template → agent  {"t": "exit", "pid": P, "status"}   when child P is reaped
     template → agent  {"t": "refused", "reason"}          instead of "ready": cannot template
     agent half-closes the socket                          stop forking; exit once P's are gone
@@ -86,7 +86,6 @@ import sys
 import time
 import traceback
 import types
-from dataclasses import dataclass
 from typing import Any
 
 
@@ -615,27 +614,22 @@ def _keep_tmp_in_subprocesses() -> None:
     subprocess.Popen.__init__ = __init__
 
 
-@dataclass
-class _Child:
-    go: int  # write end of the pipe the child waits on until the agent has placed it
-    activation: socket.socket  # our end of its socketpair: its env and descriptors come here
-
-
 class _Template:
     """The fork loop of a template; `run()` returns True in a forked instance (which then
     serves invocations) and False in the template once it has retired.
 
-    A child does nothing until the agent has moved it into its own cgroup ("go"): whatever it
-    touched before would stay charged to the template's. It then confines itself and waits
-    for its activation (the instance's env and descriptors), so the agent may fork spares
-    ahead of need and hand one over in a single message.
+    A child does nothing until the agent has moved it into its own cgroup ("g" on its link, a
+    socket whose other end the agent holds): whatever it touched before would stay charged
+    to the template's. It then confines itself and waits on the same link for its activation
+    (the instance's env and descriptors), so the agent may fork spares ahead of need and hand
+    one over in a single message, without a detour through the template.
     """
 
     def __init__(self, sock: socket.socket, marker_fd: int, ports: list[int]) -> None:
         self.sock = sock
         self.marker_fd = marker_fd
         self.ports = ports
-        self.children: dict[int, _Child | None] = {}  # None once activated
+        self.children: set[int] = set()
 
     def refusal(self) -> str | None:
         """Why this process cannot serve as a template, if it cannot."""
@@ -694,8 +688,6 @@ class _Template:
             request = recv_with_fds(self.sock)
             if request is None:
                 accepting = False  # retired: stay until the instances are gone (PID 1)
-                for pid in list(self.children):
-                    self._drop(pid)  # waiting children see end of file and exit
                 continue
             header, fds = request
             try:
@@ -713,43 +705,15 @@ class _Template:
 
     def _handle(self, header: dict[str, Any], fds: list[int]) -> bool:
         """One request from the agent; True in a newly forked child."""
-        kind = header.get("t")
-        if kind == "fork":
-            go_read, go_write = os.pipe()
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pid = os.fork()
-            if pid == 0:
-                os.close(go_write)
-                ours.close()
-                self.go, self.activation = go_read, theirs
-                return True
-            os.close(go_read)
-            theirs.close()
-            self.children[pid] = _Child(go_write, ours)
-            self._send({"t": "forked", "id": header.get("id"), "pid": pid})
+        if header.get("t") != "fork" or len(fds) != 1:
             return False
-        child = self.children.get(int(header.get("pid") or 0))
-        if child is None:
-            return False
-        if kind == "go":
-            with contextlib.suppress(OSError):
-                os.write(child.go, b"g")
-        elif kind == "activate" and len(fds) == 3:
-            frame = protocol.encode({"t": "activate", "env": header.get("env") or {}})
-            with contextlib.suppress(OSError):  # it died meanwhile: its exit is reported
-                child.activation.sendmsg(
-                    [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-                )
-            self._drop(int(header["pid"]))
-            self.children[int(header["pid"])] = None
+        pid = os.fork()
+        if pid == 0:
+            self.link = socket.socket(fileno=os.dup(fds[0]))
+            return True
+        self.children.add(pid)
+        self._send({"t": "forked", "id": header.get("id"), "pid": pid})
         return False
-
-    def _drop(self, pid: int) -> None:
-        child = self.children.get(pid)
-        if child is not None:
-            os.close(child.go)
-            child.activation.close()
-            self.children[pid] = None
 
     def _send(self, header: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # the agent went away; PDEATHSIG follows
@@ -764,8 +728,7 @@ class _Template:
             if pid == 0:
                 return
             if pid in self.children:  # else an orphan of some instance, reparented to us
-                self._drop(pid)
-                del self.children[pid]
+                self.children.discard(pid)
                 code = os.waitstatus_to_exitcode(status)
                 self._send({"t": "exit", "pid": pid, "status": code})
 
@@ -773,20 +736,23 @@ class _Template:
         """In the forked child: wait to be placed, confine, wait for activation, take it."""
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if os.read(self.go, 1) != b"g":
+        try:
+            placed = self.link.recv(1) == b"g"
+        except OSError:
+            placed = False
+        if not placed:
             os._exit(0)  # never placed: the template retired or the agent gave up on us
-        os.close(self.go)
         try:
             # the template's control socket is among the replaced; activation reuses its number
-            _replace_shared_descriptors({0, 1, 2, self.marker_fd, TMP_FD, self.activation.fileno()})
+            _replace_shared_descriptors({0, 1, 2, self.marker_fd, TMP_FD, self.link.fileno()})
             _enter_own_landlock_domain(self.ports)
         except BaseException as exc:
             os.write(2, f"[ERROR] Sandbox.SetupError: {exc}\n".encode())
             os._exit(125)
-        request = recv_with_fds(self.activation)
+        request = recv_with_fds(self.link)
         if request is None or len(request[1]) != 3:
             os._exit(0)  # a spare that was never used
-        self.activation.close()
+        self.link.close()
         header, (control, log, tmp) = request
         os.dup2(control, self.sock.fileno(), inheritable=False)
         os.dup2(log, 1)

@@ -276,6 +276,7 @@ class _Template:
     log_transport: asyncio.BaseTransport | None = None
     memory_mb: int = 128
     spares: list[int] = field(default_factory=list)  # placed, confined, not yet activated
+    links: dict[int, socket.socket] = field(default_factory=dict)  # to children not activated
     pending: int = 0  # children being forked and placed
     filling: bool = False
     forks: dict[int, asyncio.Future[int]] = field(default_factory=dict)
@@ -796,6 +797,9 @@ class LinuxSandbox:
                     pid, status = int(header["pid"]), int(header["status"])
                     with contextlib.suppress(ValueError):
                         template.spares.remove(pid)
+                    link = template.links.pop(pid, None)
+                    if link is not None:
+                        link.close()
                     child = template.children.pop(pid, None)
                     if child is None:
                         template.early_exits[pid] = status
@@ -829,6 +833,10 @@ class LinuxSandbox:
         for child in template.children.values():
             self._finish(child, -signal.SIGKILL)
         template.children.clear()
+        for link in template.links.values():
+            link.close()
+        template.links.clear()
+        template.spares.clear()
         if template.writer is not None:
             template.writer.close()
         if template.log_transport is not None:
@@ -845,19 +853,21 @@ class LinuxSandbox:
         if not template.filling:
             self._in_background(self._fill_spares(template))
         process = template.children.get(ns_pid)
-        if process is None:
+        link = template.links.pop(ns_pid, None)
+        if process is None or link is None:
             raise SandboxError("the forked instance exited before it started")
         tmp = -1
         try:
             tmp = detached_tmpfs(spec.ephemeral_mb)
-            header = {"t": "activate", "pid": ns_pid, "env": self._instance_env(spec)}
-            await self._send_to_template(template, header, [control_fd, log_fd, tmp])
+            frame = protocol.encode({"t": "activate", "env": self._instance_env(spec)})
+            await self._send_with_fds(frame, [control_fd, log_fd, tmp], link)
         except BaseException as exc:
             process.kill()
             if isinstance(exc, OSError):
                 raise SandboxError(f"could not start from the template: {exc}") from exc
             raise
         finally:
+            link.close()
             if tmp >= 0:
                 os.close(tmp)
         return process
@@ -872,10 +882,15 @@ class LinuxSandbox:
         template.forks[request_id] = future
         host_pid: int | None = None
         template.pending += 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._size_template(template)
             cgroup.limit(template.memory_mb, PIDS_MAX)
-            await self._send_to_template(template, {"t": "fork", "id": request_id})
+            try:
+                header = {"t": "fork", "id": request_id}
+                await self._send_to_template(template, header, [theirs.fileno()])
+            finally:
+                theirs.close()
             ns_pid = await asyncio.wait_for(future, TEMPLATE_WAIT_S)
             known = {c.pid for c in template.children.values()}
             host_pid = _host_pid(template.process.pid, ns_pid, known)
@@ -885,6 +900,7 @@ class LinuxSandbox:
             # are migrating too; spares take it off the start's path
             await asyncio.to_thread(cgroup.join, host_pid)
         except BaseException as exc:
+            ours.close()  # a child still waiting to be placed sees end of file and exits
             if host_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(host_pid, signal.SIGKILL)
@@ -897,10 +913,15 @@ class LinuxSandbox:
             template.pending -= 1
         process = _LinuxProcess(host_pid, cgroup, self, -1, template=True)
         if ns_pid in template.early_exits:
+            ours.close()
             self._finish(process, template.early_exits.pop(ns_pid))
-        else:
-            template.children[ns_pid] = process
-        await self._send_to_template(template, {"t": "go", "pid": ns_pid})
+            raise SandboxError("the forked instance exited before it was placed")
+        template.children[ns_pid] = process
+        template.links[ns_pid] = ours
+        try:
+            ours.send(b"g")  # placed: confine yourself (a byte into an empty socket: no wait)
+        except OSError as exc:
+            raise SandboxError(f"the forked instance is gone: {exc}") from exc
         return ns_pid
 
     def _size_template(self, template: _Template) -> None:
@@ -924,7 +945,10 @@ class LinuxSandbox:
                     if not template.retired and not self._closing:
                         log.warning("could not fork a spare from the template: %s", exc)
                     return
-                if template.retired:
+                if template.retired:  # retired while it was placed: let it go
+                    link = template.links.pop(ns_pid, None)
+                    if link is not None:
+                        link.close()
                     return
                 template.spares.append(ns_pid)
         finally:
@@ -951,6 +975,10 @@ class LinuxSandbox:
         if template.sock is not None:
             with contextlib.suppress(OSError):
                 template.sock.shutdown(socket.SHUT_WR)
+        for link in template.links.values():  # unused spares see end of file and exit
+            link.close()
+        template.links.clear()
+        template.spares.clear()
 
     def _evict_templates(self) -> None:
         while len(self._templates) > self.max_templates:
