@@ -9,6 +9,9 @@ the same client: threads, one keep-alive `http.client` connection each. Gureum's
 SigV4-signed with botocore before the timed section (one signature per key, reused), nginx's
 get the same headers minus auth. Every reply is checked (status, size, body bytes, ETag where
 the server gives an MD5 one), so a broken server cannot look fast.
+
+Not equal, and printed with the results: Gureum's PUT is durable (blob fsync, directory fsync,
+SQLite commit) and computes an MD5 ETag, nginx's is neither; nginx GETs use sendfile.
 """
 
 from __future__ import annotations
@@ -384,7 +387,12 @@ def main(argv: list[str] | None = None) -> None:
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     print(
         "nginx: worker_processes 1 (Gureum is one uvicorn process), WebDAV PUT, static GET with "
-        "sendfile, access_log off; nginx does not fsync a PUT, Gureum fsyncs blob + dir."
+        "sendfile, access_log off. What differs: nginx does not fsync a PUT; a Gureum PUT "
+        "fsyncs the blob and its directory, then commits its metadata to SQLite (WAL, "
+        "synchronous=FULL: one more fsync), and computes the body's MD5 for the ETag. A Gureum "
+        "GET looks the key up (cached in-process in this embedded shape) and reads the file in "
+        "a worker thread (no sendfile under uvicorn). Both sides read the same few keys over "
+        "and over, so both serve GETs from the page cache."
     )
     print(
         f"client: threads, one keep-alive http.client connection each, same code for both; "

@@ -22,9 +22,11 @@ from typing import BinaryIO
 _ID = re.compile(r"[0-9a-f]{32}")
 READ_CHUNK = 1024 * 1024
 # Bytes a writer collects before a worker thread writes them out, while the event loop goes
-# on receiving: big enough that thread hops are rare, small enough to bound memory per upload
-# (at most one batch being written plus one being collected).
-WRITE_BATCH = 2 * 1024 * 1024
+# on receiving: small at first (even a 1 MiB body is mostly on disk before it ends), then
+# doubling up to the largest batch (few thread hops; memory per upload stays bounded: one
+# batch being written plus one being collected).
+FIRST_WRITE_BATCH = 256 * 1024
+MAX_WRITE_BATCH = 4 * 1024 * 1024
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,6 +47,7 @@ class _FileWriter:
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._batch_limit = FIRST_WRITE_BATCH
         self._writing: asyncio.Future[None] | None = None
         self._size = 0
         self._done = False
@@ -59,7 +62,8 @@ class _FileWriter:
         self._size += len(data)
         self._pending.append(data)
         self._pending_size += len(data)
-        if self._pending_size >= WRITE_BATCH:
+        if self._pending_size >= self._batch_limit:
+            self._batch_limit = min(2 * self._batch_limit, MAX_WRITE_BATCH)
             batch = self._take()
             await self._wait_writing()
             self._writing = asyncio.get_running_loop().run_in_executor(

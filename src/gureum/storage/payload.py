@@ -31,8 +31,11 @@ STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096  # a chunk header or trailer line; real ones are < 200 bytes
-# Body bytes hashed per worker-thread batch, and below which a body is hashed inline.
-HASH_BATCH = 1024 * 1024
+# Body bytes hashed per worker-thread batch: small at first, so hashing overlaps the
+# receiving of even a 1 MiB body, doubling up to the largest batch for big bodies (fewer
+# thread hops). A body smaller than INLINE_HASH is hashed on the event loop.
+FIRST_HASH_BATCH = 256 * 1024
+MAX_HASH_BATCH = 4 * 1024 * 1024
 INLINE_HASH = 64 * 1024
 _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-checksum-type")
 
@@ -87,6 +90,7 @@ class Digests:
         self._hashes = hashes
         self._batch: list[bytes] = []
         self._batch_size = 0
+        self._batch_limit = FIRST_HASH_BATCH
         self._hashing: asyncio.Future[None] | None = None
 
     def _update(self, chunks: list[bytes]) -> None:
@@ -97,7 +101,8 @@ class Digests:
     async def add(self, data: bytes) -> None:
         self._batch.append(data)
         self._batch_size += len(data)
-        if self._batch_size >= HASH_BATCH:
+        if self._batch_size >= self._batch_limit:
+            self._batch_limit = min(2 * self._batch_limit, MAX_HASH_BATCH)
             await self._flush()
 
     async def _flush(self) -> None:
