@@ -47,6 +47,8 @@ from gureum.store import Database
 from gureum.store.schema import queue_dedup, queue_messages, queues
 
 RETENTION_SWEEP_S = 60.0
+QUEUE_CACHE_TTL_S = 2.0
+QUEUE_CACHE_SIZE = 10_000
 m = queue_messages.c
 
 
@@ -117,6 +119,7 @@ class QueueStore:
         # invoker's, so the two take turns in this process rather than in SQLite
         self.gate = gate or write_gate(db)
         self._arrivals: dict[int, asyncio.Event] = {}
+        self._queues: dict[tuple[str, str], tuple[Queue, float]] = {}
         self._committer = GroupCommitter(db, queue_messages.insert(), self.gate)
         # deletes by receipt handle, group-committed like sends
         self._deleter = GroupCommitter(
@@ -157,8 +160,8 @@ class QueueStore:
                         updated_at=now,
                     )
                 )
-            return await self.get_queue(account, name)
-        existing = await self.get_queue(account, name)
+            return await self.get_queue(account, name, fresh=True)
+        existing = await self.get_queue(account, name, fresh=True)
         for key, value in wanted.items():
             if existing.attributes.get(key, value) != value:
                 raise SQSError(
@@ -191,7 +194,17 @@ class QueueStore:
                 "owner or queue type does not match.",
             )
 
-    async def get_queue(self, account: str, name: str) -> Queue:
+    async def get_queue(self, account: str, name: str, *, fresh: bool = False) -> Queue:
+        """The queue, QueueDoesNotExist if there is none. Without `fresh`, an answer up to
+        `QUEUE_CACHE_TTL_S` old may come from this process's cache (changes made through this
+        store are seen at once; other nodes' within the TTL, as SQS allows: a deleted queue
+        may take up to 60 s to stop accepting requests, new attributes as long to apply)."""
+        key = (account, name)
+        now = time.monotonic()
+        if not fresh:
+            cached = self._queues.get(key)
+            if cached is not None and cached[1] > now:
+                return cached[0]
         async with self.db.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -199,8 +212,13 @@ class QueueStore:
                 )
             ).first()
         if row is None:
+            self._queues.pop(key, None)
             raise queue_does_not_exist()
-        return _queue_from(row)
+        queue = _queue_from(row)
+        if len(self._queues) >= QUEUE_CACHE_SIZE:
+            self._queues.clear()
+        self._queues[key] = (queue, now + QUEUE_CACHE_TTL_S)
+        return queue
 
     async def get_queue_by_arn(self, arn: str) -> Queue:
         account, name = parse_queue_arn(arn)
@@ -216,10 +234,12 @@ class QueueStore:
 
     async def delete_queue(self, queue: Queue) -> None:
         """Delete the queue and every message in it."""
+        self._queues.pop((queue.account_id, queue.name), None)
         async with self.db.engine.begin() as conn:
             await conn.execute(queues.delete().where(queues.c.id == queue.id))
             await conn.execute(queue_messages.delete().where(m.queue_id == queue.id))
             await conn.execute(queue_dedup.delete().where(queue_dedup.c.queue_id == queue.id))
+        self._queues.pop((queue.account_id, queue.name), None)  # and what was read meanwhile
 
     async def set_attributes(self, queue: Queue, attributes: dict[str, Any]) -> Queue:
         changes = validate_attributes(queue.name, attributes, creating=False)
@@ -232,7 +252,7 @@ class QueueStore:
                 .where(queues.c.id == queue.id)
                 .values(attributes=json.dumps(merged), updated_at=time.time())
             )
-        return await self.get_queue(queue.account_id, queue.name)
+        return await self.get_queue(queue.account_id, queue.name, fresh=True)
 
     async def counts(self, queue: Queue) -> dict[str, int]:
         """Approximate numbers of visible, in-flight and delayed messages."""
@@ -391,11 +411,24 @@ class QueueStore:
         now = time.time()
         token = uuid.uuid4().hex
         retention = queue.number("MessageRetentionPeriod")
+        received = {
+            "visible_at": now + visibility_s,
+            "receive_count": m.receive_count + 1,
+            "receipt": token,
+            "first_received_at": sa.func.coalesce(m.first_received_at, now),
+        }
+        # expired messages are never handed out, and deleted now and then
+        due = sa.and_(m.queue_id == queue.id, m.visible_at <= now, m.sent_at >= now - retention)
         async with self.gate, self.db.engine.begin() as conn:
-            # the first statement writes (see _send_fifo); expired messages go first
-            await conn.execute(
-                queue_messages.delete().where(m.queue_id == queue.id, m.sent_at < now - retention)
-            )
+            # the first statement writes (see _send_fifo): this sweep, the dead-letter move
+            # or the standard queue's claim itself
+            if queue.fifo or now - self._last_sweep.get(queue.id, 0.0) >= RETENTION_SWEEP_S:
+                self._last_sweep[queue.id] = now
+                await conn.execute(
+                    queue_messages.delete().where(
+                        m.queue_id == queue.id, m.sent_at < now - retention
+                    )
+                )
             if queue.fifo:
                 await conn.execute(
                     sa.select(queues.c.id).where(queues.c.id == queue.id).with_for_update()
@@ -403,43 +436,57 @@ class QueueStore:
             redrive = queue.redrive
             if redrive is not None:
                 await self._move_to_dead_letter(conn, queue, redrive.dead_letter_arn, now)
-            due = sa.and_(m.queue_id == queue.id, m.visible_at <= now)
             if queue.fifo:
-                earlier = queue_messages.alias("earlier")
-                due = sa.and_(
-                    due,
-                    ~sa.exists().where(
-                        earlier.c.queue_id == queue.id,
-                        earlier.c.group_id == m.group_id,
-                        earlier.c.id < m.id,
-                        earlier.c.visible_at > now,
-                    ),
+                rows = await self._claim_fifo(conn, queue, due, limit, received, now)
+            else:
+                # one statement: other nodes skip the rows it locks (PostgreSQL)
+                chosen = (
+                    sa.select(m.id)
+                    .where(due)
+                    .order_by(m.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
-            query = sa.select(m.id).where(due).order_by(m.id).limit(limit)
-            if not queue.fifo:
-                query = query.with_for_update(skip_locked=True)
-            ids = list((await conn.execute(query)).scalars())
-            if not ids:
+                result = await conn.execute(
+                    queue_messages.update()
+                    .where(m.id.in_(chosen.scalar_subquery()))
+                    .values(**received)
+                    .returning(*queue_messages.c)
+                )
+                rows = sorted(result.all(), key=lambda row: int(row.id))
+            if not rows:
                 next_visible = await conn.scalar(
                     sa.select(sa.func.min(m.visible_at)).where(
                         m.queue_id == queue.id, m.visible_at > now
                     )
                 )
                 return [], next_visible
-            await conn.execute(
-                queue_messages.update()
-                .where(m.id.in_(ids))
-                .values(
-                    visible_at=now + visibility_s,
-                    receive_count=m.receive_count + 1,
-                    receipt=token,
-                    first_received_at=sa.func.coalesce(m.first_received_at, now),
-                )
-            )
-            rows = (
-                await conn.execute(sa.select(queue_messages).where(m.id.in_(ids)).order_by(m.id))
-            ).all()
         return [self._message(queue, row) for row in rows], None
+
+    async def _claim_fifo(
+        self,
+        conn: AsyncConnection,
+        queue: Queue,
+        due: sa.ColumnElement[bool],
+        limit: int,
+        received: dict[str, Any],
+        now: float,
+    ) -> list[Any]:
+        """Claim the next messages of groups with none in flight, in order."""
+        earlier = queue_messages.alias("earlier")
+        in_flight_before = sa.exists().where(
+            earlier.c.queue_id == queue.id,
+            earlier.c.group_id == m.group_id,
+            earlier.c.id < m.id,
+            earlier.c.visible_at > now,
+        )
+        query = sa.select(m.id).where(due, ~in_flight_before).order_by(m.id).limit(limit)
+        ids = list((await conn.execute(query)).scalars())
+        if not ids:
+            return []
+        await conn.execute(queue_messages.update().where(m.id.in_(ids)).values(**received))
+        query = sa.select(queue_messages).where(m.id.in_(ids)).order_by(m.id)
+        return list((await conn.execute(query)).all())
 
     async def _move_to_dead_letter(
         self, conn: AsyncConnection, queue: Queue, arn: str, now: float
