@@ -1,8 +1,11 @@
 """Durable `Event` invocations: committed to the metadata store before the 202, then run.
 
-Each event is a row in `async_events`. Workers claim due events by taking a lease (state
-`running`, `lease_until`); an event whose lease ran out — its worker or the whole process died
-— is due again, so every accepted event runs at least once, also across restarts. Function
+Each event is a row in `async_events`. One journal task writes in batches (one transaction,
+one fsync, for all the events accepted, outcomes decided and leases taken since its last one)
+and claims due events for the workers by taking a lease (state `running`, `lease_until`); an
+event whose lease ran out — its worker or the whole process died — is due again, so every
+accepted event runs at least once, also across restarts. An event is acknowledged only once
+its row committed, and marked done only after it ran. Function
 errors are retried with exponential backoff and jitter up to `max_attempts`; then the event is
 `failed` (dead-lettered, kept for inspection). Throttling is retried without using an attempt.
 
