@@ -65,7 +65,6 @@ or child processes running, since a fork would silently lose them.
 
 from __future__ import annotations
 
-import argparse
 import array
 import contextlib
 import ctypes
@@ -452,14 +451,33 @@ def _apply_rlimits(specs: list[str]) -> None:
         resource.setrlimit(getattr(resource, name), (limit, limit))
 
 
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+    """`--control-fd N [--path DIR]... [--rlimit NAME=VALUE]... [--template] [--port N]...`
+    (by hand: building an argparse parser costs most of a millisecond of every cold start)."""
+    args = types.SimpleNamespace(control_fd=None, path=[], rlimit=[], template=False, port=[])
+    words = iter(argv)
+    for flag in words:
+        if flag == "--template":
+            args.template = True
+            continue
+        value = next(words, None)
+        if value is None:
+            raise SystemExit(f"bootstrap: {flag} needs a value")
+        if flag == "--control-fd":
+            args.control_fd = int(value)
+        elif flag in ("--path", "--rlimit"):
+            getattr(args, flag[2:]).append(value)
+        elif flag == "--port":  # the template's forwarders, which its instances may reach
+            args.port.append(int(value))
+        else:
+            raise SystemExit(f"bootstrap: unknown argument {flag}")
+    if args.control_fd is None:
+        raise SystemExit("bootstrap: --control-fd is required")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--path", action="append", default=[])
-    parser.add_argument("--rlimit", action="append", default=[])
-    parser.add_argument("--template", action="store_true")
-    parser.add_argument("--port", type=int, action="append", default=[])  # forwarders
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     _apply_rlimits(args.rlimit)
     sock = socket.socket(fileno=args.control_fd)
     # Processes the function starts must not hold the control socket (or the agent would not

@@ -9,9 +9,9 @@ instance's control socket and log pipe as SCM_RIGHTS file descriptors:
 
     agent → zygote  {"t": "spawn", "id": N, "plan": {...}}   + fds [control, log]
     zygote → agent  {"t": "spawned", "id": N, "pid": P}     or {"t": "error", "id", "message"}
-    agent → zygote  {"t": "warm", "id": N, "plan": {static parts, cgroup_procs}}
+    agent → zygote  {"t": "warm", "id": N, "plan": {static parts, cgroup_procs}} + fd [slot]
     zygote → agent  {"t": "warmed", "id": N, "pid": P}      a pre-spawned sandbox is ready
-    agent → zygote  {"t": "spawn", "id": N, "slot": P, "plan": {...}} + fds  uses warm P
+    agent → P       {"t": "plan", "plan": {...}} + fds      on the slot: P becomes an instance
     zygote → agent  {"t": "exit", "pid": P, "status": S}    when instance P is reaped
 
 A warm (pre-spawned) sandbox has already joined its cgroup, entered its namespaces and built
@@ -38,7 +38,6 @@ Standard library only, plus the seccomp binding loaded by path.
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
 import ctypes
 import errno
@@ -455,10 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    slots: dict[int, socket.socket] = {}  # warm B pid → our end of its socketpair
 
     def keep() -> list[int]:
-        return [args.control_fd, wake_read, wake_write, *(s.fileno() for s in slots.values())]
+        return [args.control_fd, wake_read, wake_write]
 
     while True:
         try:
@@ -467,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if wake_read in ready:
             os.read(wake_read, 4096)
-            _reap(sock, slots)
+            _reap(sock)
         if args.control_fd not in ready:
             continue
         request = _recv_request(sock)
@@ -477,31 +475,19 @@ def main(argv: list[str] | None = None) -> None:
         kind = header.get("t")
         try:
             plan = header["plan"]
-            if kind == "warm":
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                pid = _fork_sandbox(
-                    plan,
-                    [*keep(), ours.fileno()],
-                    functools.partial(_warm_instance, plan, theirs, filters),
-                )
-                theirs.close()
-                slots[pid] = ours
+            if kind == "warm" and len(fds) == 1:
+                slot = socket.socket(fileno=os.dup(fds[0]))
+                try:
+                    pid = _fork_sandbox(
+                        plan, keep(), functools.partial(_warm_instance, plan, slot, filters)
+                    )
+                finally:
+                    slot.close()
                 reply = {"t": "warmed", "id": header.get("id"), "pid": pid}
             elif kind == "spawn" and len(fds) == (3 if plan.get("template") else 2):
-                slot = slots.pop(int(header.get("slot") or 0), None)
-                if slot is not None:
-                    with slot:
-                        slot.sendmsg(
-                            [protocol.encode({"t": "plan", "plan": plan})],
-                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-                        )
-                    pid = int(header["slot"])
-                else:
-                    pid = _fork_sandbox(
-                        plan,
-                        keep(),
-                        functools.partial(_cold_instance, plan, fds, filters),
-                    )
+                pid = _fork_sandbox(
+                    plan, keep(), functools.partial(_cold_instance, plan, fds, filters)
+                )
                 reply = {"t": "spawned", "id": header.get("id"), "pid": pid}
             else:
                 raise ValueError(f"bad request {kind!r}")
@@ -511,10 +497,10 @@ def main(argv: list[str] | None = None) -> None:
             for fd in fds:
                 os.close(fd)
         sock.sendall(protocol.encode(reply))
-        _reap(sock, slots)
+        _reap(sock)
 
 
-def _reap(sock: socket.socket, slots: dict[int, socket.socket]) -> None:
+def _reap(sock: socket.socket) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -523,9 +509,6 @@ def _reap(sock: socket.socket, slots: dict[int, socket.socket]) -> None:
         if pid == 0:
             return
         code = os.waitstatus_to_exitcode(status)
-        slot = slots.pop(pid, None)
-        if slot is not None:
-            slot.close()
         sock.sendall(protocol.encode({"t": "exit", "pid": pid, "status": code}))
 
 

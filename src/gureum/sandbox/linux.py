@@ -342,7 +342,8 @@ class LinuxSandbox:
         self._start_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._api_server: asyncio.AbstractServer | None = None
-        self._warm: list[tuple[int, InstanceCgroup]] = []  # pre-spawned (pid, cgroup)
+        # pre-spawned sandboxes: pid, cgroup, and our end of the socket it waits on
+        self._warm: list[tuple[int, InstanceCgroup, socket.socket]] = []
         self._warming = 0
         self._closing = False
         self._proxies: dict[str, EgressProxy] = {}  # by allow-list key
@@ -498,9 +499,10 @@ class LinuxSandbox:
             pid, status = int(header["pid"]), int(header["status"])
             process = self._processes.pop(pid, None)
             if process is None:
-                for index, (warm_pid, cgroup) in enumerate(self._warm):
+                for index, (warm_pid, cgroup, slot) in enumerate(self._warm):
                     if warm_pid == pid:  # a pre-spawned sandbox died unused
                         del self._warm[index]
+                        slot.close()
                         self._in_background(asyncio.to_thread(cgroup.remove))
                         return
                 self._early_exits[pid] = status
@@ -679,24 +681,30 @@ class LinuxSandbox:
         template."""
         warm = self._warm.pop() if self._warm else None
         self._in_background(self._fill_warm())
+        slot: socket.socket | None = None
         if warm is not None:
-            slot, cgroup = warm
+            pid, cgroup, slot = warm
         else:
-            slot, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare)
+            pid, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare)
         uid = self._allocate_uid()
         try:
             cgroup.limit(spec.memory_mb, PIDS_MAX)
             plan = self._function_plan(spec, uid)
             if len(fds) == 3:
                 plan["template"] = True
-            if not slot:
+            if slot is not None:  # straight to the waiting sandbox, not through the zygote
+                frame = protocol.encode({"t": "plan", "plan": plan})
+                await self._send_with_fds(frame, fds, slot)
+                slot.close()
+            else:
                 plan.update(self._warm_plan(cgroup))
-            pid = await self._request({"t": "spawn", "slot": slot, "plan": plan}, fds)
+                pid = await self._request({"t": "spawn", "plan": plan}, fds)
         except BaseException as exc:
             self._uids.discard(uid)
-            if slot:
+            if slot is not None:
+                slot.close()
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             self._in_background(asyncio.to_thread(cgroup.remove))
             if isinstance(exc, OSError):
                 raise SandboxError(f"could not configure the instance cgroup: {exc}") from exc
@@ -1010,17 +1018,22 @@ class LinuxSandbox:
         while len(self._warm) + self._warming < self.warm_target:
             self._warming += 1
             cgroup = None
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 cgroup = await asyncio.to_thread(self.cgroups.prepare)
-                pid = await self._request({"t": "warm", "plan": self._warm_plan(cgroup)})
+                request = {"t": "warm", "plan": self._warm_plan(cgroup)}
+                pid = await self._request(request, [theirs.fileno()])
             except (OSError, SandboxError, TimeoutError) as exc:
-                log.warning("could not pre-spawn a sandbox: %s", exc)
+                ours.close()
+                if not self._closing:
+                    log.warning("could not pre-spawn a sandbox: %s", exc)
                 if cgroup is not None:
                     await asyncio.to_thread(cgroup.remove)
                 return
             finally:
+                theirs.close()
                 self._warming -= 1
-            self._warm.append((pid, cgroup))
+            self._warm.append((pid, cgroup, ours))
 
     async def _send_with_fds(
         self, frame: bytes, fds: list[int], sock: socket.socket | None = None
@@ -1064,7 +1077,8 @@ class LinuxSandbox:
             await asyncio.to_thread(process.cgroup.remove)
         for template in list(self._templates.values()):
             self._template_exited(template)
-        for pid, cgroup in self._warm:
+        for pid, cgroup, slot in self._warm:
+            slot.close()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             await asyncio.to_thread(cgroup.remove)
