@@ -368,6 +368,19 @@ def test_virtual_hosted_style(
     with pytest.raises(ClientError, match="NoSuchBucket"):
         virtual.get_object(Bucket="no-such-bucket-here", Key="k")
     assert [b["Name"] for b in virtual.list_buckets()["Buckets"]] == [bucket]
+    # an endpoint under .localhost still works path-style: no bucket is named like its host
+    named = boto3.client(
+        "s3",
+        endpoint_url=f"http://s3.localhost:{server.settings.port}",
+        region_name=server.settings.region,
+        aws_access_key_id=root.access_key_id,
+        aws_secret_access_key=root.secret_access_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 0}),
+    )
+    server.clients.append(named)
+    named.put_object(Bucket=bucket, Key="path/style", Body=b"by path")
+    assert named.get_object(Bucket=bucket, Key="path/style")["Body"].read() == b"by path"
+    assert virtual.get_object(Bucket=bucket, Key="path/style")["Body"].read() == b"by path"
 
 
 def test_reads_follow_every_kind_of_write(server: RunningServer, s3: Any, bucket: str) -> None:

@@ -1,7 +1,9 @@
 """The S3 API: an ASGI app the gateway mounts as the streaming service `s3`.
 
 Path-style (`/bucket/key`) everywhere; virtual-hosted style (`Host: bucket.<name>`, path
-`/key`) for `<name>` = `localhost` or the endpoint's host name (see `virtual_host_suffixes`).
+`/key`) for `<name>` = `localhost` or the endpoint's host name (see `virtual_host_suffixes`)
+when that bucket exists (or the path is `/`), so `http://s3.localhost:8070` still works as a
+path-style endpoint.
 The gateway routes `/v1/...` and `/healthz` before any service, so under virtual-hosted
 style keys starting `v1/` or equal to `healthz` are reachable path-style only.
 
@@ -42,7 +44,12 @@ from gureum.storage.notifications import (
 )
 from gureum.storage.objects import ObjectStore
 from gureum.storage.objects_fs import FileBlobStore
-from gureum.storage.s3_request import S3Request, iso_date, virtual_host_suffixes
+from gureum.storage.s3_request import (
+    S3Request,
+    hosted_bucket,
+    iso_date,
+    virtual_host_suffixes,
+)
 from gureum.storage.s3_xml import (
     Element,
     add,
@@ -111,7 +118,8 @@ class S3API:
             return message
 
         try:
-            req = S3Request.from_scope(scope, tracked, self.lookup, self.virtual_hosts)
+            hosted = await self._hosted_bucket(scope)
+            req = S3Request.from_scope(scope, tracked, self.lookup, hosted)
             request_id = req.request_id
             response = await self._route(req)(req, self.store)
         except Exception as exc:
@@ -125,6 +133,19 @@ class S3API:
             if not finished and has_body(scope):
                 close_connection(response)
         await response(scope, receive, send)
+
+    async def _hosted_bucket(self, scope: Scope) -> str | None:
+        """The bucket a virtual-hosted-style `Host` names — if that bucket exists, or the
+        path names no bucket (CreateBucket, or a request about a missing bucket); otherwise
+        the request is path-style (an endpoint such as `s3.localhost` used path-style)."""
+        candidate = hosted_bucket(scope, self.virtual_hosts)
+        if candidate is None or scope["path"] in ("", "/"):
+            return candidate
+        try:
+            await self.store.catalog.recent_bucket(candidate)
+        except S3Error:
+            return None
+        return candidate
 
     def _route(self, req: S3Request) -> Operation:
         method, query = req.method, req.query

@@ -73,14 +73,13 @@ class S3Request:
         scope: Scope,
         receive: Receive,
         lookup: SecretLookup,
-        virtual_hosts: tuple[str, ...] = (),
+        hosted: str | None = None,
     ) -> S3Request:
-        """Parse the request; with `Host: <bucket>.<one of virtual_hosts>` (virtual-hosted
-        style) the bucket comes from the host and the whole path is the key."""
+        """Parse the request; with `hosted` (the bucket a virtual-hosted-style `Host` names)
+        the whole path is the key."""
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         path = raw_path.split("?", 1)[0]
         bucket, _, key = path.removeprefix("/").partition("/")
-        hosted = _hosted_bucket(scope, virtual_hosts)
         if hosted is not None:
             bucket, key = hosted, path.removeprefix("/")
         try:
@@ -182,8 +181,9 @@ class S3Request:
         return stored + meta
 
 
-def _hosted_bucket(scope: Scope, virtual_hosts: tuple[str, ...]) -> str | None:
-    """The bucket named by a virtual-hosted-style `Host` header, else None."""
+def hosted_bucket(scope: Scope, virtual_hosts: tuple[str, ...]) -> str | None:
+    """The bucket a virtual-hosted-style `Host: <bucket>.<one of virtual_hosts>` would name,
+    else None."""
     if not virtual_hosts:
         return None
     host = next((v for n, v in scope["headers"] if n.lower() == b"host"), b"")
