@@ -171,14 +171,14 @@ def test_changed_spec_retires_the_template(tmp_path: Path) -> None:
     async def scenario(sandbox: LinuxSandbox) -> None:
         spec = _spec(tmp_path)
         instances = [await Instance.start(sandbox, spec) for _ in range(2)]
-        assert sandbox.template_count == 1
+        assert sandbox.template_count() == 1
         changed = _spec(tmp_path, FEATURE="on")  # same key, new configuration
         instances.append(await Instance.start(sandbox, changed))
-        assert sandbox.template_count == 0  # the old one retired; the new spec starts cold once
+        assert sandbox.template_count() == 0  # the old one retired; the new spec starts cold once
         instances.append(await Instance.start(sandbox, changed))
-        assert sandbox.template_count == 1
+        assert sandbox.template_count() == 1
         sandbox.retire_template(spec.template_key or "")
-        assert sandbox.template_count == 0
+        assert sandbox.template_count() == 0
         for instance in instances:
             await instance.close()
         for _ in range(100):  # a retired template exits once its instances are gone

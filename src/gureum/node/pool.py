@@ -174,8 +174,9 @@ class InstancePool:
             slots.waiting -= 1
 
     async def _make_room(self) -> None:
-        """At node capacity, reap the least recently used idle instance, or throttle."""
-        if self._instances < self.max_instances:
+        """At node capacity, reap the least recently used idle instance, or throttle.
+        The driver's templates count against capacity like instances."""
+        if self._instances + self.sandbox.template_count() < self.max_instances:
             return
         victims = [(i.last_used, p, i) for p in self._versions.values() for i in p.idle]
         if not victims:

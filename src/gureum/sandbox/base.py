@@ -72,6 +72,9 @@ class Sandbox(Protocol):
         Raises SandboxError when the process cannot be started.
         """
 
+    def template_count(self) -> int:
+        """Templates alive or starting; each holds one instance's worth of node capacity."""
+
     def retire_template(self, template_key: str) -> None:
         """The version named `template_key` changed or is gone: fork nothing more from its
         template. Instances already forked from it live on. Safe to call for unknown keys."""

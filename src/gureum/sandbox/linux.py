@@ -1002,9 +1002,7 @@ class LinuxSandbox:
                 if idle or now - template.created > TEMPLATE_MAX_AGE_S:
                     self._retire(template)
 
-    @property
     def template_count(self) -> int:
-        """Templates alive or starting (each holds one sandbox's worth of node capacity)."""
         return len(self._templates)
 
     async def _ensure_proxy(self, allow: AllowList) -> None:

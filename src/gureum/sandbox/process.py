@@ -93,6 +93,9 @@ class ProcessSandbox:
             raise SandboxError(f"could not start instance of {spec.function_name}: {exc}") from exc
         return _Process(proc)
 
+    def template_count(self) -> int:
+        return 0
+
     def retire_template(self, template_key: str) -> None:
         return None  # no templates: every instance starts from scratch
 
