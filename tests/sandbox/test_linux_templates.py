@@ -69,6 +69,13 @@ def handler(event, context):
                 "tmp": attempt(lambda: os.listdir(f"/proc/{target}/fd/1023")),
             }
         return out
+    if action == "stubborn":
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"])
+        return child.pid
+    if action == "spin":
+        while True:
+            pass
     if action == "memory":
         hog = bytearray(event["mb"] << 20)
         for i in range(0, len(hog), 4096):
@@ -186,5 +193,31 @@ def test_changed_spec_retires_the_template(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.05)
         assert not sandbox._processes
+
+    with_sandbox(tmp_path, scenario)
+
+
+def test_killing_a_forked_instance_kills_its_tree(tmp_path: Path) -> None:
+    async def scenario(sandbox: LinuxSandbox) -> None:
+        spec = _spec(tmp_path)
+        first = await Instance.start(sandbox, spec)
+        forked = await Instance.start(sandbox, spec)
+        try:
+            assert getattr(forked.process, "template", False)
+            await _call(forked, {"action": "stubborn"})
+            cgroup = getattr(forked.process, "cgroup")  # noqa: B009 (driver-specific)
+            assert len(cgroup.pids()) == 2  # the instance and the child it started
+            outcome = await forked.invoke(
+                "req", b'{"action": "spin"}', invoked_arn="arn", timeout_s=0.5
+            )
+            assert outcome.status == "timeout"
+            for _ in range(100):
+                if not cgroup.pids():
+                    break
+                await asyncio.sleep(0.05)
+            assert not cgroup.pids()
+        finally:
+            await first.close()
+            await forked.close()
 
     with_sandbox(tmp_path, scenario)
