@@ -359,15 +359,30 @@ class AsyncInvoker:
             event = await self._ready.get()
             if self._claim_room():
                 self._journal_wakeup.set()
-            self._in_progress[event["id"]] = event
+            self._in_progress[event["id"]] = event  # cancelled (close): handed back
             try:
                 settled = await self._run(event)
-            except Exception:
-                log.exception("async event %s failed to run; it will be retried", event["id"])
-                continue
-            finally:
-                self._in_progress.pop(event["id"], None)
+            except Exception as exc:
+                log.exception("async event %s failed to run", event["id"])
+                settled = self._platform_failure(event, exc)
+            self._in_progress.pop(event["id"], None)
             settled.add_done_callback(_log_settle_failure)
+
+    def _platform_failure(self, event: dict[str, Any], exc: Exception) -> asyncio.Future[None]:
+        """The platform, not the function, failed to run the event (a sandbox that would not
+        start, say): that uses an attempt, and is retried like a function error."""
+        attempts = event["attempts"] + 1
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        if attempts >= event["max_attempts"]:
+            return self._settle(event, state="failed", attempts=attempts, last_error=error)
+        delay = self.retry_base_s * (2 ** (attempts - 1)) * (0.5 + random.random())
+        return self._settle(
+            event,
+            state="pending",
+            attempts=attempts,
+            last_error=error,
+            not_before=time.time() + delay,
+        )
 
     async def _destination(
         self, event: dict[str, Any], condition: str, result: InvocationResult | None, attempts: int
