@@ -47,7 +47,7 @@ from gureum.runtime import protocol
 from gureum.runtime.bootstrap import LANDLOCK_MIN_ABI, landlock_abi
 from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
-from gureum.sandbox.cgroups import CgroupTree, InstanceCgroup, NoCgroups
+from gureum.sandbox.cgroups import CPU_PERIOD_US, CgroupTree, InstanceCgroup, NoCgroups
 from gureum.sandbox.egress import AllowList, EgressProxy
 from gureum.sandbox.libraries import offered_packages
 
@@ -66,7 +66,10 @@ TEMPLATE_WAIT_S = 10.0  # how long a start waits for its version's template (AWS
 # after-fork work, the template's own copy-on-write since) stays charged to the template's
 # cgroup while the child lives (~1 MB measured): the template's limit grows by this per child.
 TEMPLATE_CHILD_HEADROOM_MB = 4
-TEMPLATE_CPU_QUOTA_US = 100_000  # one core, once the template has imported the handler
+TEMPLATE_CPU_QUOTA_US = CPU_PERIOD_US  # one core, once the template has imported the handler
+# a start refills the pre-spawned pools this much later, so that on a small machine the fork
+# for the next one does not compete for a core with the instance now starting
+REFILL_DELAY_S = 0.01
 # variables that differ between instances of one version: not part of a template's identity
 PER_INSTANCE_ENV = frozenset(
     {
@@ -680,7 +683,7 @@ class LinuxSandbox:
         """A sandbox from the zygote: an instance, or with a third descriptor (its /tmp) a
         template."""
         warm = self._warm.pop() if self._warm else None
-        self._in_background(self._fill_warm())
+        self._in_background(self._fill_warm(REFILL_DELAY_S))
         slot: socket.socket | None = None
         if warm is not None:
             pid, cgroup, slot = warm
@@ -859,7 +862,7 @@ class LinuxSandbox:
         else:
             ns_pid = await self._fork_placed(template)
         if not template.filling:
-            self._in_background(self._fill_spares(template))
+            self._in_background(self._fill_spares(template, REFILL_DELAY_S))
         process = template.children.get(ns_pid)
         link = template.links.pop(ns_pid, None)
         if process is None or link is None:
@@ -942,10 +945,11 @@ class LinuxSandbox:
                 template.memory_mb + TEMPLATE_CHILD_HEADROOM_MB * children
             )
 
-    async def _fill_spares(self, template: _Template) -> None:
+    async def _fill_spares(self, template: _Template, delay_s: float = 0.0) -> None:
         """Keep `warm_target` placed children of a template ready (off the request path)."""
         template.filling = True
         try:
+            await asyncio.sleep(delay_s)
             while len(template.spares) < self.warm_target and not template.retired:
                 try:
                     ns_pid = await self._fork_placed(template)
@@ -1011,8 +1015,9 @@ class LinuxSandbox:
             await proxy.start()
             self._proxies[allow.key] = proxy
 
-    async def _fill_warm(self) -> None:
+    async def _fill_warm(self, delay_s: float = 0.0) -> None:
         """Keep `warm_target` pre-spawned sandboxes ready (off the request path)."""
+        await asyncio.sleep(delay_s)
         while len(self._warm) + self._warming < self.warm_target:
             self._warming += 1
             cgroup = None
