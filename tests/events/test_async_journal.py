@@ -147,3 +147,30 @@ def test_two_invokers_on_one_store_never_share_an_event(database_url: str) -> No
                 await node.db.close()
 
     asyncio.run(scenario())
+
+
+def test_an_event_that_waited_long_is_leased_afresh_unless_its_lease_was_lost(
+    database_url: str,
+) -> None:
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        invoker = _invoker(db, StandInDispatcher())  # not started: nothing claims but us
+        try:
+            await invoker.enqueue(ACCOUNT, "f", None, b"kept")
+            await invoker.enqueue(ACCOUNT, "f", None, b"lost")
+            async with db.engine.begin() as conn:
+                kept, lost = await invoker._claim(conn, 2)
+            assert await invoker._renew(kept)
+            assert kept["lease_until"] > lost["lease_until"]
+            async with db.engine.begin() as conn:  # a sweep elsewhere: the lease ran out
+                await conn.execute(
+                    async_events.update()
+                    .where(async_events.c.id == lost["id"])
+                    .values(state="pending", lease_until=None)
+                )
+            assert not await invoker._renew(lost)
+        finally:
+            await invoker.close()
+            await db.close()
+
+    asyncio.run(scenario())

@@ -360,6 +360,10 @@ class AsyncInvoker:
             if self._claim_room():
                 self._journal_wakeup.set()
             self._in_progress[event["id"]] = event  # cancelled (close): handed back
+            waited = time.time() - event["updated_at"]
+            if waited > LEASE_GRACE_S / 2 and not await self._renew(event):
+                self._in_progress.pop(event["id"], None)
+                continue  # its lease ran out while it waited: it is someone else's now
             try:
                 settled = await self._run(event)
             except Exception as exc:
@@ -367,6 +371,30 @@ class AsyncInvoker:
                 settled = self._platform_failure(event, exc)
             self._in_progress.pop(event["id"], None)
             settled.add_done_callback(_log_settle_failure)
+
+    async def _renew(self, event: dict[str, Any]) -> bool:
+        """Lease an event that waited long among the prefetched ones afresh; False if its
+        lease was lost meanwhile."""
+        now = time.time()
+        lease_until = now + 900 + LEASE_GRACE_S
+        try:
+            async with self.write_gate, self.db.engine.begin() as conn:
+                renewed = await conn.execute(
+                    async_events.update()
+                    .where(
+                        async_events.c.id == event["id"],
+                        async_events.c.state == "running",
+                        async_events.c.lease_until == event["lease_until"],
+                    )
+                    .values(lease_until=lease_until, updated_at=now)
+                )
+        except Exception:
+            log.exception("could not renew the lease of async event %s", event["id"])
+            return False
+        if renewed.rowcount != 1:
+            return False
+        event.update(lease_until=lease_until, updated_at=now)
+        return True
 
     def _platform_failure(self, event: dict[str, Any], exc: Exception) -> asyncio.Future[None]:
         """The platform, not the function, failed to run the event (a sandbox that would not
