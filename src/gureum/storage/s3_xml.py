@@ -3,9 +3,10 @@ no entities), and the XML error shape every S3 error is rendered in."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -24,8 +25,13 @@ Element = ET.Element
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
+_REQUEST_IDS = itertools.count(int.from_bytes(os.urandom(5), "big") << 24)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16].upper()
+    """16 hex digits, unique in this process and unlikely to repeat across processes (a
+    random start, then counting: no system call per request, unlike a UUID)."""
+    return f"{next(_REQUEST_IDS) & 0xFFFF_FFFF_FFFF_FFFF:016X}"
 
 
 def document(root: str) -> ET.Element:
