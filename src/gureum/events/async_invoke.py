@@ -328,7 +328,8 @@ class AsyncInvoker:
             self._claim_statement,
             {"now": now, "limit": limit, "lease_until": now + 900 + LEASE_GRACE_S},
         )
-        claimed = [dict(row) for row in rows.mappings().all()]
+        keys = list(rows.keys())
+        claimed = [dict(zip(keys, row, strict=True)) for row in rows.all()]
         claimed.sort(key=lambda event: (event["not_before"], event["id"]))
         return claimed
 
