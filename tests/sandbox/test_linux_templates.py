@@ -221,3 +221,32 @@ def test_killing_a_forked_instance_kills_its_tree(tmp_path: Path) -> None:
             await forked.close()
 
     with_sandbox(tmp_path, scenario)
+
+
+def test_a_version_that_cannot_have_a_template_starts_cold(tmp_path: Path) -> None:
+    async def scenario(sandbox: LinuxSandbox) -> None:
+        code = tmp_path / "code"
+        code.mkdir()
+        # a thread left running at import: a fork would lose it, so no template
+        (code / "app.py").write_text(
+            "import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "def handler(event, context):\n    return 'ok'\n"
+        )
+        env = {"_HANDLER": "app.handler"}
+        spec = InstanceSpec(
+            "threads", "$LATEST", code, "app.handler", 128, 10.0, env,
+            network="none", template_key="acct\0threads\0$LATEST\0r1",
+        )  # fmt: skip
+        instances = [await Instance.start(sandbox, spec) for _ in range(3)]
+        try:
+            assert [getattr(i.process, "template", None) for i in instances] == [False] * 3
+            assert sandbox.template_count() == 0
+            assert len(sandbox._no_template) == 1  # refused once, not retried per start
+            for instance in instances:
+                assert await _call(instance, {"action": "ok"}) == "ok"
+        finally:
+            for instance in instances:
+                await instance.close()
+
+    with_sandbox(tmp_path, scenario)

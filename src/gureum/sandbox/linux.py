@@ -355,6 +355,9 @@ class LinuxSandbox:
         self._static = self._static_plan()
         self._templates: dict[str, _Template] = {}
         self._seen: set[tuple[str, str]] = set()  # (template key, digest) started cold once
+        # (template key, digest) whose template failed or refused, and when: not retried for
+        # a keep-alive period (a handler that fails to import would fail every time)
+        self._no_template: dict[tuple[str, str], float] = {}
         self.template_keep_alive_s = template_keep_alive_s
         self.max_templates = max_templates
         self._template_reaper: asyncio.Task[None] | None = None
@@ -732,6 +735,11 @@ class LinuxSandbox:
             self._retire(template)  # the version's code or configuration changed
             template = None
         if template is None:
+            failed_at = self._no_template.get((spec.template_key, digest))
+            if failed_at is not None:
+                if time.monotonic() - failed_at < self.template_keep_alive_s:
+                    return None
+                del self._no_template[(spec.template_key, digest)]
             if (spec.template_key, digest) not in self._seen:
                 if len(self._seen) > 10_000:
                     self._seen.clear()
@@ -757,7 +765,7 @@ class LinuxSandbox:
         try:
             tmp = detached_tmpfs(spec.ephemeral_mb)
             process = await self._spawn(spec, [theirs.fileno(), log_write, tmp])
-        except (OSError, SandboxError) as exc:
+        except Exception as exc:
             ours.close()
             os.close(log_read)
             self._template_failed(template, f"could not start: {exc}")
@@ -770,15 +778,26 @@ class LinuxSandbox:
         process.on_exit = lambda: self._template_exited(template)
         template.process = process
         template.sock = ours
-        loop = asyncio.get_running_loop()
-        template.log_transport, template.log = await loop.connect_read_pipe(
-            _DiscardLog, os.fdopen(log_read, "rb", buffering=0)
-        )
         template.memory_mb = spec.memory_mb
-        reader, template.writer = await asyncio.open_unix_connection(sock=ours)
+        loop = asyncio.get_running_loop()
+        try:
+            template.log_transport, template.log = await loop.connect_read_pipe(
+                _DiscardLog, os.fdopen(log_read, "rb", buffering=0)
+            )
+            reader, template.writer = await asyncio.open_unix_connection(sock=ours)
+        except Exception as exc:
+            self._template_failed(template, f"could not connect: {exc}")
+            process.kill()
+            return
         if template.retired:  # retired while it started
             self._retire(template)
-        await self._template_replies(template, reader)
+        replies = asyncio.ensure_future(self._template_replies(template, reader))
+        try:  # an import that hangs must not keep a template (and its cgroup) forever
+            await asyncio.wait_for(asyncio.shield(template.ready), TEMPLATE_WAIT_S)
+        except TimeoutError:
+            self._template_failed(template, f"not initialised within {TEMPLATE_WAIT_S:.0f} s")
+            process.kill()
+        await replies
 
     async def _template_replies(self, template: _Template, reader: asyncio.StreamReader) -> None:
         try:
@@ -831,6 +850,9 @@ class LinuxSandbox:
             )  # fmt: skip
             template.why_not = why
             template.ready.set_result(False)
+            if len(self._no_template) > 10_000:
+                self._no_template.clear()
+            self._no_template[(template.key, template.digest)] = time.monotonic()
         for future in template.forks.values():
             if not future.done():
                 future.set_exception(SandboxError(f"the template is gone: {why}"))
