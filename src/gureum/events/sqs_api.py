@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gureum.errors import GureumError, SQSError
-from gureum.events.queue_store import QueueStore, StoredMessage
+from gureum.events.queue_store import QueueStore, StoredMessage, parse_receipt
 from gureum.events.queues import (
     ALL_ATTRIBUTES,
     MAX_MESSAGE_BYTES,
@@ -372,15 +372,19 @@ class SQSAPI:
     ) -> dict[str, Any]:
         queue = await self._queue(identity, body)
         entries = validate_batch_ids(body.get("Entries"))
-        successful, failed = [], []
+        valid: list[tuple[str, str]] = []
+        failed = []
         for entry in entries:
+            handle = str(entry.get("ReceiptHandle") or "")
             try:
-                await self.store.delete(queue, [str(entry.get("ReceiptHandle") or "")])
+                parse_receipt(queue, handle)
             except GureumError as exc:
                 failed.append(_failure(entry["Id"], exc))
             else:
-                successful.append({"Id": entry["Id"]})
-        return {"Successful": successful, "Failed": failed}
+                valid.append((entry["Id"], handle))
+        if valid:  # one group commit for the batch
+            await self.store.delete(queue, [handle for _, handle in valid])
+        return {"Successful": [{"Id": entry_id} for entry_id, _ in valid], "Failed": failed}
 
     async def change_message_visibility(
         self, identity: Identity, body: dict[str, Any]
