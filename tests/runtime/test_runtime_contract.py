@@ -212,6 +212,21 @@ def test_module_init_runs_once_per_instance(lam: Any) -> None:
     assert len({b["pid"] for b in bodies}) == 1
 
 
+def test_instances_run_as_batch_tasks(lam: Any) -> None:
+    """Instances never preempt the gateway that wakes them (SCHED_BATCH), at the same share."""
+    source = (
+        "import os\n"
+        "def handler(event, context):\n"
+        "    return [os.sched_getscheduler(0), os.nice(0)]\n"
+    )
+    create(lam, "batch", source)
+
+    policy, nice = call(lam, "batch")[1]
+
+    assert policy == 3  # os.SCHED_BATCH
+    assert nice == 0
+
+
 def test_decimal_results_serialise_as_numbers(lam: Any) -> None:
     create(lam, "dec")
 

@@ -95,6 +95,7 @@ def handler(event, context):
             "write_etc": attempt(lambda: write("/etc/evil")),
             "write_tmp": attempt(lambda: write("/tmp/fine")),
             "uid": os.getuid(),
+            "sched": os.sched_getscheduler(0),
             "kill_server": attempt(lambda: os.kill(event["server_pid"], 9)),
             "import_gureum": attempt(lambda: __import__("gureum")),
             "import_boto3": attempt(lambda: __import__("boto3").__name__),
@@ -217,6 +218,7 @@ def test_file_system_and_process_view_is_minimal(linux_server: RunningServer) ->
     assert result["write_etc"]["errno"] == 30
     assert result["write_tmp"]["ok"]
     assert result["uid"] >= 100_000
+    assert result["sched"] == os.SCHED_BATCH  # never preempts the gateway that wakes it
     assert result["kill_server"]["error"] == "ProcessLookupError"
     assert result["import_gureum"]["error"] == "ModuleNotFoundError"
     assert result["import_boto3"] == {"ok": True, "value": "boto3"}
