@@ -75,8 +75,8 @@ class AsyncInvoker:
         self.retry_base_s = retry_base_s
         self.poll_s = poll_s
         # the hot path's writers take turns in this process instead of meeting in SQLite's
-        # busy handler, which sleeps for milliseconds (see `write_gate`)
-        self.write_gate = write_gate(db)
+        # busy handler, which sleeps for milliseconds (see `Database.write_gate`)
+        self.write_gate = db.write_gate
         # claimed events not started yet: up to `prefetch` of them are leased ahead
         self.prefetch = min(256, max(32, 8 * workers))
         self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -525,17 +525,6 @@ class AsyncInvoker:
                     )
 
 
-WriteGate = contextlib.AbstractAsyncContextManager[Any]
-
-
-def write_gate(db: Database) -> WriteGate:
-    """What a hot-path writer holds around its transaction. On SQLite, one lock: there is
-    only one writer at a time anyway, and a writer that finds the database locked waits in
-    SQLite's busy handler, which sleeps 1, 2, 5, 10, ... ms and dominated the commit time
-    under load. PostgreSQL writers need no gate."""
-    return asyncio.Lock() if db.dialect == "sqlite" else contextlib.nullcontext()
-
-
 def _log_settle_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error(
@@ -553,12 +542,9 @@ class GroupCommitter:
     batches grow with load by themselves.
     """
 
-    def __init__(
-        self, db: Database, statement: sa.Executable, gate: WriteGate | None = None
-    ) -> None:
+    def __init__(self, db: Database, statement: sa.Executable) -> None:
         self.db = db
         self.statement = statement
-        self.gate = gate or write_gate(db)
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -581,7 +567,7 @@ class GroupCommitter:
             return
         try:
             async with self.db.engine.connect() as conn:
-                async with self.gate:
+                async with self.db.write_gate:
                     await conn.execute(self.statement, [params for params, _ in batch])
                     await conn.commit()
                 # answer before handing the connection back to the pool

@@ -31,9 +31,7 @@ class EventHub:
     ) -> None:
         self.settings = settings
         self.invoker = invoker
-        self.queues = QueueStore(
-            db, settings.region, poll_s=settings.queue_poll_s, gate=invoker.write_gate
-        )
+        self.queues = QueueStore(db, settings.region, poll_s=settings.queue_poll_s)
         self.sqs_api = SQSAPI(self.queues, settings.endpoint, settings.region)
         self.mappings = EventSourceMappings(db, registry, dispatcher, self.queues, settings.region)
         self.topics = Topics(db, registry, invoker, self.queues, settings.region)

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.errors import SQSError
-from gureum.events.async_invoke import GroupCommitter, WriteGate, write_gate
+from gureum.events.async_invoke import GroupCommitter
 from gureum.events.queues import (
     DEDUP_WINDOW_S,
     OutgoingMessage,
@@ -109,18 +109,15 @@ def _queue_from(row: Any) -> Queue:
 class QueueStore:
     """Queues and messages of every account. `close()` commits sends already accepted."""
 
-    def __init__(
-        self, db: Database, region: str, *, poll_s: float = 1.0, gate: WriteGate | None = None
-    ) -> None:
+    def __init__(self, db: Database, region: str, *, poll_s: float = 1.0) -> None:
         self.db = db
         self.region = region
         self.poll_s = poll_s
-        # held around the message paths' transactions (see `write_gate`); share the async
-        # invoker's, so the two take turns in this process rather than in SQLite
-        self.gate = gate or write_gate(db)
+        # held around the message paths' transactions (see `Database.write_gate`)
+        self.gate = db.write_gate
         self._arrivals: dict[int, asyncio.Event] = {}
         self._queues: dict[tuple[str, str], tuple[Queue, float]] = {}
-        self._committer = GroupCommitter(db, queue_messages.insert(), self.gate)
+        self._committer = GroupCommitter(db, queue_messages.insert())
         # deletes by receipt handle, group-committed like sends
         self._deleter = GroupCommitter(
             db,
@@ -129,7 +126,6 @@ class QueueStore:
                 m.queue_id == sa.bindparam("queue"),
                 m.receipt == sa.bindparam("token"),
             ),
-            self.gate,
         )
         self._last_sweep: dict[int, float] = {}
 

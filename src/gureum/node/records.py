@@ -186,7 +186,7 @@ class InvocationRecorder:
                 rows: list[Any] = [record.row() for record in batch]
                 if not self._positional:
                     rows = [dict(zip(InvocationRecord._fields, row, strict=True)) for row in rows]
-                async with self.db.engine.begin() as conn:
+                async with self.db.write_gate, self.db.engine.begin() as conn:
                     await conn.exec_driver_sql(self._insert_sql, rows)
             except Exception:
                 log.exception("could not write %d invocation records; retrying", len(batch))

@@ -4,6 +4,9 @@ Only metadata lives here; bodies are blobs (see `gureum.storage.base`). Every ch
 replaces or removes a blob returns the blob ids that are no longer referenced, for the caller
 to delete *after* the transaction committed — so a crash can orphan a blob, never lose one.
 Keys are stored as UTF-8 bytes, which sort bytewise on every backend, as S3 lists them.
+Writers hold `Database.write_gate`: on SQLite, concurrent PUTs take turns in this process
+instead of sleeping in SQLite's busy handler, and a read-then-write (the blob a PUT replaces)
+sees no other writer in between.
 """
 
 from __future__ import annotations
@@ -246,7 +249,7 @@ class ObjectCatalog:
         check_bucket_name(name)
         self._recent.pop(name, None)
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write_gate, self.db.engine.begin() as conn:
                 await conn.execute(
                     s3_buckets.insert().values(
                         name=name, account_id=account_id, created_at=time.time()
@@ -298,7 +301,7 @@ class ObjectCatalog:
     async def delete_bucket(self, name: str) -> list[str]:
         """Delete an empty bucket and its unfinished uploads; return the parts' blobs."""
         self._recent.pop(name, None)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             if not await conn.scalar(sa.select(sa.func.count()).where(s3_buckets.c.name == name)):
                 raise no_such_bucket(name)
             if (
@@ -328,7 +331,7 @@ class ObjectCatalog:
 
     async def set_notification(self, name: str, document: str) -> None:
         self._recent.pop(name, None)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             result = await conn.execute(
                 s3_buckets.update().where(s3_buckets.c.name == name).values(notification=document)
             )
@@ -343,7 +346,7 @@ class ObjectCatalog:
         return the blob it replaced, if any."""
         self._forget(meta.bucket, meta.key)
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write_gate, self.db.engine.begin() as conn:
                 old = await self._put_object(conn, meta)
                 if also is not None:
                     await also(conn)
@@ -422,7 +425,7 @@ class ObjectCatalog:
         where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
         self._forget(bucket, key)
         try:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write_gate, self.db.engine.begin() as conn:
                 row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
                 if row is None:
                     return None
@@ -511,7 +514,7 @@ class ObjectCatalog:
 
     async def create_upload(self, upload: Upload) -> None:
         raw = check_key(upload.key)
-        async with self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             if not await conn.scalar(
                 sa.select(sa.func.count()).where(s3_buckets.c.name == upload.bucket)
             ):
@@ -586,7 +589,7 @@ class ObjectCatalog:
             "etag": part.etag,
             "last_modified": part.last_modified,
         }
-        async with self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             if not await conn.scalar(
                 sa.select(sa.func.count()).where(s3_uploads.c.upload_id == upload_id)
             ):
@@ -657,7 +660,7 @@ class ObjectCatalog:
     async def _finish_upload(
         self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None
     ) -> list[str]:
-        async with self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             blobs = list(
                 await conn.scalars(
                     sa.select(s3_parts.c.blob).where(s3_parts.c.upload_id == upload_id)
