@@ -115,6 +115,7 @@ class Client:
             Credentials(access_key_id, secret_access_key, session_token), SERVICE, region
         )
         self._http = httpx.Client(timeout=timeout)
+        self._aws_clients: list[Any] = []  # closed with this client
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str], data_dir: Path | None = None) -> Client:
@@ -148,17 +149,21 @@ class Client:
         )
 
     def close(self) -> None:
-        """Close the connection pool; safe to call twice."""
+        """Close the connection pool and the boto3 clients made by `aws_client`; safe to call
+        twice."""
         self._http.close()
+        while self._aws_clients:
+            self._aws_clients.pop().close()
 
     def aws_client(self, service: str) -> Any:
         """A boto3 client for one of Gureum's AWS APIs (`s3`, `lambda` …), with this client's
-        endpoint, region and credentials; SigV4 also for presigned URLs."""
+        endpoint, region and credentials; SigV4 also for presigned URLs. Usable until this
+        client is closed."""
         import boto3
         from botocore.config import Config
 
         credentials = self._signer.credentials
-        return boto3.client(  # type: ignore[call-overload, unused-ignore]
+        aws = boto3.client(  # type: ignore[call-overload, unused-ignore]
             service,
             endpoint_url=self.endpoint,
             region_name=self.region,
@@ -167,6 +172,8 @@ class Client:
             aws_session_token=credentials.token,
             config=Config(signature_version="s3v4", retries={"mode": "standard"}),
         )
+        self._aws_clients.append(aws)
+        return aws
 
     def __enter__(self) -> Client:
         return self

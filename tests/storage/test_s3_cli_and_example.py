@@ -138,18 +138,18 @@ def test_thumbnails_example(server: RunningServer, thumbnails_site: Path) -> Non
     with Client.from_environment(cli_env(server)) as client:
         arn = module.deploy(client, module.build_package(thumbnails_site))
         s3 = client.aws_client("s3")
-    assert arn.endswith(":function:thumbnails")
-    s3.put_object(Bucket="images", Key="holiday/beach.png", Body=png(640, 480))
-    s3.put_object(Bucket="images", Key="notes.txt", Body=b"not an image: filtered out")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        found = s3.list_objects_v2(Bucket="thumbnails").get("Contents", [])
-        if found:
-            break
-        time.sleep(0.2)
-    assert [o["Key"] for o in found] == ["thumbs/holiday/beach.png"]
-    thumb = s3.get_object(Bucket="thumbnails", Key="thumbs/holiday/beach.png")
-    data = thumb["Body"].read()
-    assert thumb["ContentType"] == "image/png" and data.startswith(b"\x89PNG")
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (128, 96)
+        assert arn.endswith(":function:thumbnails")
+        s3.put_object(Bucket="images", Key="holiday/beach.png", Body=png(640, 480))
+        s3.put_object(Bucket="images", Key="notes.txt", Body=b"not an image: filtered out")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = s3.list_objects_v2(Bucket="thumbnails").get("Contents", [])
+            if found:
+                break
+            time.sleep(0.2)
+        assert [o["Key"] for o in found] == ["thumbs/holiday/beach.png"]
+        thumb = s3.get_object(Bucket="thumbnails", Key="thumbs/holiday/beach.png")
+        data = thumb["Body"].read()
+        assert thumb["ContentType"] == "image/png" and data.startswith(b"\x89PNG")
+        width, height = struct.unpack(">II", data[16:24])
+        assert (width, height) == (128, 96)

@@ -5,8 +5,9 @@ They use boto3's `s3` client against the same endpoint and credentials as every 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -41,16 +42,18 @@ def reports_s3_errors(command: Callable[P, R]) -> Callable[P, R]:
     return reports_errors(run)
 
 
-def _s3() -> Any:
+@contextlib.contextmanager
+def _s3() -> Iterator[Any]:
     with connect() as client:
-        return client.aws_client("s3")
+        yield client.aws_client("s3")
 
 
 @bucket_app.command("create")
 @reports_s3_errors
 def bucket_create(name: BucketName, json_output: JsonOutput = False) -> None:
     """Create a bucket."""
-    _s3().create_bucket(Bucket=name)
+    with _s3() as s3:
+        s3.create_bucket(Bucket=name)
     if json_output:
         print_json({"bucket": name})
     else:
@@ -67,28 +70,28 @@ def bucket_list(
     json_output: JsonOutput = False,
 ) -> None:
     """List buckets, or the objects in one bucket."""
-    s3 = _s3()
-    if name is None:
-        buckets = s3.list_buckets()["Buckets"]
-        rows = [{"name": b["Name"], "created": b["CreationDate"].isoformat()} for b in buckets]
+    with _s3() as s3:
+        if name is None:
+            buckets = s3.list_buckets()["Buckets"]
+            rows = [{"name": b["Name"], "created": b["CreationDate"].isoformat()} for b in buckets]
+            if json_output:
+                print_json(rows)
+            else:
+                table(["bucket", "created"], [(r["name"], r["created"]) for r in rows])
+            return
+        paginator = s3.get_paginator("list_objects_v2")
+        objects = [
+            {"key": o["Key"], "size": o["Size"], "modified": o["LastModified"].isoformat()}
+            for page in paginator.paginate(Bucket=name, Prefix=prefix)
+            for o in page.get("Contents", [])
+        ]
         if json_output:
-            print_json(rows)
+            print_json(objects)
         else:
-            table(["bucket", "created"], [(r["name"], r["created"]) for r in rows])
-        return
-    paginator = s3.get_paginator("list_objects_v2")
-    objects = [
-        {"key": o["Key"], "size": o["Size"], "modified": o["LastModified"].isoformat()}
-        for page in paginator.paginate(Bucket=name, Prefix=prefix)
-        for o in page.get("Contents", [])
-    ]
-    if json_output:
-        print_json(objects)
-    else:
-        table(
-            ["key", "size", "modified"],
-            [(o["key"], render.size(o["size"]), o["modified"]) for o in objects],
-        )
+            table(
+                ["key", "size", "modified"],
+                [(o["key"], render.size(o["size"]), o["modified"]) for o in objects],
+            )
 
 
 @bucket_app.command("rm")
@@ -99,17 +102,17 @@ def bucket_remove(
     json_output: JsonOutput = False,
 ) -> None:
     """Remove a bucket (it must be empty unless --force)."""
-    s3 = _s3()
-    if force:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-    s3.delete_bucket(Bucket=name)
-    if json_output:
-        print_json({"deleted": name})
-    else:
-        render.console().print(f"removed bucket {name}")
+    with _s3() as s3:
+        if force:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=name)
+        if json_output:
+            print_json({"deleted": name})
+        else:
+            render.console().print(f"removed bucket {name}")
 
 
 def _split_url(url: str) -> tuple[str, str] | None:
@@ -149,48 +152,48 @@ def copy(
     json_output: JsonOutput = False,
 ) -> None:
     """Copy a local file into a bucket, or an object to a local file."""
-    s3 = _s3()
-    src, dst = _split_url(source), _split_url(destination)
-    if (src is None) == (dst is None):
-        raise typer.BadParameter("exactly one of SOURCE and DEST must be an s3:// URL")
-    if dst is not None:
-        path = Path(source)
-        if not path.is_file():
-            raise typer.BadParameter(f"{source} is not a file", param_hint="SOURCE")
-        bucket, key = dst
-        if not key or key.endswith("/"):
-            key += path.name
-        progress, callback = _progress(path.stat().st_size, f"upload {path.name}")
-        if progress is not None:
-            with progress:
-                s3.upload_file(str(path), bucket, key, Callback=callback)
+    with _s3() as s3:
+        src, dst = _split_url(source), _split_url(destination)
+        if (src is None) == (dst is None):
+            raise typer.BadParameter("exactly one of SOURCE and DEST must be an s3:// URL")
+        if dst is not None:
+            path = Path(source)
+            if not path.is_file():
+                raise typer.BadParameter(f"{source} is not a file", param_hint="SOURCE")
+            bucket, key = dst
+            if not key or key.endswith("/"):
+                key += path.name
+            progress, callback = _progress(path.stat().st_size, f"upload {path.name}")
+            if progress is not None:
+                with progress:
+                    s3.upload_file(str(path), bucket, key, Callback=callback)
+            else:
+                s3.upload_file(str(path), bucket, key)
+            result: dict[str, Any] = {
+                "from": str(path),
+                "to": f"s3://{bucket}/{key}",
+                "size": path.stat().st_size,
+            }
         else:
-            s3.upload_file(str(path), bucket, key)
-        result: dict[str, Any] = {
-            "from": str(path),
-            "to": f"s3://{bucket}/{key}",
-            "size": path.stat().st_size,
-        }
-    else:
-        assert src is not None
-        bucket, key = src
-        target = Path(destination)
-        if target.is_dir():
-            target = target / key.rsplit("/", 1)[-1]
-        size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
-        progress, callback = _progress(size, f"download {key}")
-        if progress is not None:
-            with progress:
-                s3.download_file(bucket, key, str(target), Callback=callback)
+            assert src is not None
+            bucket, key = src
+            target = Path(destination)
+            if target.is_dir():
+                target = target / key.rsplit("/", 1)[-1]
+            size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            progress, callback = _progress(size, f"download {key}")
+            if progress is not None:
+                with progress:
+                    s3.download_file(bucket, key, str(target), Callback=callback)
+            else:
+                s3.download_file(bucket, key, str(target))
+            result = {"from": f"s3://{bucket}/{key}", "to": str(target), "size": size}
+        if json_output:
+            print_json(result)
         else:
-            s3.download_file(bucket, key, str(target))
-        result = {"from": f"s3://{bucket}/{key}", "to": str(target), "size": size}
-    if json_output:
-        print_json(result)
-    else:
-        render.console().print(
-            f"{result['from']} -> {result['to']} ({render.size(result['size'])})"
-        )
+            render.console().print(
+                f"{result['from']} -> {result['to']} ({render.size(result['size'])})"
+            )
 
 
 @notify_app.command("add")
@@ -213,38 +216,41 @@ def notify_add(
         arn = client.aws_client("lambda").get_function(FunctionName=name)["Configuration"][
             "FunctionArn"
         ]
-    if qualifier:
-        arn += f":{qualifier}"
-    current = s3.get_bucket_notification_configuration(Bucket=bucket)
-    configs = current.get("LambdaFunctionConfigurations", [])
-    entry: dict[str, Any] = {
-        "LambdaFunctionArn": arn,
-        "Events": [e for item in events or ["s3:ObjectCreated:*"] for e in item.split(",") if e],
-    }
-    rules = [{"Name": n, "Value": v} for n, v in (("prefix", prefix), ("suffix", suffix)) if v]
-    if rules:
-        entry["Filter"] = {"Key": {"FilterRules": rules}}
-    configs.append(entry)
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": configs}
-    )
-    _show(s3, bucket, json_output)
+        if qualifier:
+            arn += f":{qualifier}"
+        current = s3.get_bucket_notification_configuration(Bucket=bucket)
+        configs = current.get("LambdaFunctionConfigurations", [])
+        entry: dict[str, Any] = {
+            "LambdaFunctionArn": arn,
+            "Events": [
+                e for item in events or ["s3:ObjectCreated:*"] for e in item.split(",") if e
+            ],
+        }
+        rules = [{"Name": n, "Value": v} for n, v in (("prefix", prefix), ("suffix", suffix)) if v]
+        if rules:
+            entry["Filter"] = {"Key": {"FilterRules": rules}}
+        configs.append(entry)
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": configs}
+        )
+        _show(s3, bucket, json_output)
 
 
 @notify_app.command("ls")
 @reports_s3_errors
 def notify_list(bucket: BucketName, json_output: JsonOutput = False) -> None:
     """Show the bucket's notification configuration."""
-    _show(_s3(), bucket, json_output)
+    with _s3() as s3:
+        _show(s3, bucket, json_output)
 
 
 @notify_app.command("clear")
 @reports_s3_errors
 def notify_clear(bucket: BucketName, json_output: JsonOutput = False) -> None:
     """Remove every notification from the bucket."""
-    s3 = _s3()
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
-    _show(s3, bucket, json_output)
+    with _s3() as s3:
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
+        _show(s3, bucket, json_output)
 
 
 def _show(s3: Any, bucket: str, json_output: bool) -> None:
