@@ -8,29 +8,28 @@ import resource
 CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_ticks(stat: str) -> tuple[int, int]:
-    """(ppid, utime + stime) from a /proc/<pid>/stat line."""
-    fields = stat.rpartition(")")[2].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def tree_cpu(pid: int) -> tuple[float, dict[int, float]]:
-    """CPU seconds used so far by `pid` and by each of its live children."""
-    own = 0.0
-    children: dict[int, float] = {}
+def tree_cpu(root: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds used so far by `root` and by each of its live descendants (the linux
+    driver's instances are forked by a zygote, so they are grandchildren of the server)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                ppid, ticks = _cpu_ticks(stat.read())
-        except OSError:
-            continue
-        if int(entry.name) == pid:
-            own = ticks * CLOCK_TICK_S
-        elif ppid == pid:
-            children[int(entry.name)] = ticks * CLOCK_TICK_S
-    return own, children
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    descendants: dict[int, float] = {}
+    for pid in ticks:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            descendants[pid] = ticks[pid] * CLOCK_TICK_S
+    return ticks.get(root, 0) * CLOCK_TICK_S, descendants
 
 
 def busy_cpu_s() -> float:

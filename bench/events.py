@@ -1,6 +1,7 @@
 """Durable async throughput and SQS throughput, against a real `gureum up` process.
 
-    python3 bench/events.py [--duration 5] [--connections 32] [--messages 2000] [--json out.json]
+    python3 bench/events.py [--duration 5] [--connections 32] [--messages 2000]
+                            [--boto3-messages 2000] [--boto3-threads 8] [--json out.json]
 
 The load comes from low-overhead generators, so the client does not compete with the server
 for the machine's cores the way boto3 from Python threads does (~1 ms of CPU per call):
@@ -15,8 +16,10 @@ for the machine's cores the way boto3 from Python threads does (~1 ms of CPU per
 2. SQS: SendMessage through wrk the same way; then ReceiveMessage (10 per call) until the
    queue is empty and one DeleteMessage per received message, each request pre-signed and sent
    by an asyncio client over `--connections` keep-alive connections (its CPU is reported).
+3. SQS through boto3 itself (`--boto3-messages` over `--boto3-threads` threads, a client
+   each): SendMessage, ReceiveMessage and DeleteMessage as an application would call them.
 
-boto3 is used for set-up and a functional check of both paths, not for load.
+Phases 1 and 2 use boto3 for set-up and a functional check only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accounting import CLOCK_TICK_S, busy_cpu_s, own_and_waited_cpu_s
+from accounting import busy_cpu_s, own_and_waited_cpu_s, tree_cpu
 from load import HttpRequest, pick_generator
 
 from tests.conftest import make_zip
@@ -100,30 +104,6 @@ def _percentile(values: list[float], q: float) -> float:
 def _cpu_s() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime
-
-
-def tree_cpu(root: int) -> tuple[float, dict[int, float]]:
-    """CPU seconds of `root` and of each of its live descendants (instances are forked by a
-    zygote, so they are grandchildren of the server)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as stat:
-                    fields = stat.read().rpartition(")")[2].split()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(fields[1])
-            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
-    descendants: dict[int, float] = {}
-    for pid in ticks:
-        ancestor = parents.get(pid)
-        while ancestor and ancestor != root:
-            ancestor = parents.get(ancestor)
-        if ancestor == root:
-            descendants[pid] = ticks[pid] * CLOCK_TICK_S
-    return ticks.get(root, 0) * CLOCK_TICK_S, descendants
 
 
 class CpuWatch:
@@ -379,12 +359,73 @@ def bench_sqs(
     return result
 
 
+def bench_sqs_boto3(port: int, pid: int, messages: int, threads: int) -> dict[str, Any]:
+    """SendMessage, ReceiveMessage (10 per call) and DeleteMessage through boto3 itself, from
+    `threads` threads with a client each: what an application using the SDK sees. boto3
+    costs its caller about 1 ms of CPU per call, so on 2 cores the client is the limit."""
+    clients = [_client("sqs", port) for _ in range(threads)]
+    url = clients[0].create_queue(QueueName="bench-boto3")["QueueUrl"]
+    share = [messages // threads + (i < messages % threads) for i in range(threads)]
+
+    def send(client: Any, count: int) -> None:
+        for i in range(count):
+            client.send_message(QueueUrl=url, MessageBody=f"message {i}")
+
+    def receive(client: Any, count: int) -> list[str]:
+        handles: list[str] = []
+        while len(handles) < count:
+            got = client.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=min(10, count - len(handles))
+            ).get("Messages", [])
+            if not got:
+                break
+            handles += [m["ReceiptHandle"] for m in got]
+        return handles
+
+    def delete(client: Any, handles: list[str]) -> None:
+        for handle in handles:
+            client.delete_message(QueueUrl=url, ReceiptHandle=handle)
+
+    def timed(work: Any, jobs: list[Any]) -> tuple[float, dict[str, float], list[Any]]:
+        watch = CpuWatch(pid)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(work, clients, jobs))
+        return time.perf_counter() - started, watch.result(), results
+
+    try:
+        send_s, send_cpu, _ = timed(send, share)
+        receive_s, receive_cpu, batches = timed(receive, share)
+        received = [h for batch in batches for h in batch]
+        delete_s, delete_cpu, _ = timed(delete, [received[i::threads] for i in range(threads)])
+        left = clients[0].get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]["ApproximateNumberOfMessages"]
+    finally:
+        for client in clients:
+            client.close()
+    return {
+        "threads": threads,
+        "sent": messages,
+        "send_per_s": round(messages / send_s),
+        "send_cpu": send_cpu,
+        "received": len(received),
+        "receive_messages_per_s": round(len(received) / receive_s),
+        "receive_cpu": receive_cpu,
+        "delete_per_s": round(len(received) / delete_s),
+        "delete_cpu": delete_cpu,
+        "left_after_delete": int(left),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of wrk load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--messages", type=int, default=2000, help="received and deleted")
     parser.add_argument("--load", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--boto3-messages", type=int, default=2000, help="through boto3 itself")
+    parser.add_argument("--boto3-threads", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="gureum-bench-events-"))
@@ -430,6 +471,7 @@ def main() -> None:
                 args.connections,
                 args.load,
             ),
+            "sqs_boto3": bench_sqs_boto3(port, server.pid, args.boto3_messages, args.boto3_threads),
         }
     finally:
         server.terminate()
