@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import platform
@@ -25,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gureum.control.packages import PackageStore
 from gureum.sandbox.base import InstanceSpec, Sandbox
 from gureum.sandbox.instance import Instance
 from gureum.sandbox.linux import LinuxSandbox, linux_sandbox_cgroups
@@ -126,9 +129,12 @@ async def burst(sandbox: Sandbox, spec: InstanceSpec, count: int) -> dict[str, f
 
 
 def make_spec(work: Path, name: str, source: str, memory_mb: int = 128) -> InstanceSpec:
-    code = work / name
-    code.mkdir()
-    (code / "app.py").write_text(source)
+    """A function's instance spec, its code stored as a deployment stores it (extracted and
+    byte-compiled by the package store)."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("app.py", source)
+    code = PackageStore(work / "packages").put(archive.getvalue()).path
     env = {"_HANDLER": "app.handler", "LAMBDA_TASK_ROOT": str(code)}
     return InstanceSpec(name, "$LATEST", code, "app.handler", memory_mb, 5.0, env, network="none")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import io
 import os
 import random
 import re
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -97,6 +99,33 @@ def test_valid_package_round_trip(store: PackageStore) -> None:
     assert sorted(p.name for p in store.root.iterdir()) == sorted(
         [package.sha256_hex, f"{package.sha256_hex}.zip"]
     )
+
+
+def test_python_files_are_byte_compiled_for_the_runtime(store: PackageStore) -> None:
+    """Cold starts load bytecode (the sandbox mounts code read-only, so an instance could never
+    cache it); a file that does not compile is stored as it is, for the import to report."""
+    tag = sys.implementation.cache_tag
+    package = store.put(
+        build_zip(
+            [
+                ("app.py", b"def handler(event, context):\n    return 1\n"),
+                ("pkg/__init__.py", b""),
+                ("pkg/mod.py", b"VALUE = 42\n"),
+                ("broken.py", b"def handler(:\n"),
+                ("deep.py", b"x = " + b"(" * 5000 + b")" * 5000 + b"\n"),
+            ]
+        )
+    )
+
+    cached = {p.relative_to(package.path).as_posix() for p in package.path.rglob("*.pyc")}
+    assert {f"__pycache__/app.{tag}.pyc", f"pkg/__pycache__/mod.{tag}.pyc"} <= cached
+    assert f"__pycache__/broken.{tag}.pyc" not in cached
+    assert f"__pycache__/deep.{tag}.pyc" not in cached
+    assert (package.path / "broken.py").read_bytes() == b"def handler(:\n"
+    spec = importlib.util.spec_from_file_location("app", package.path / "app.py")
+    assert spec is not None and spec.loader is not None
+    code = spec.loader.get_code("app")  # type: ignore[attr-defined]
+    assert code is not None and code.co_filename == str(package.path / "app.py")
 
 
 def test_concurrent_puts_of_the_same_package_all_succeed(store: PackageStore) -> None:
