@@ -253,11 +253,19 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def _drop_privileges(uid: int, gid: int, rootless: bool = False) -> None:
+@functools.cache
+def _empty_bounding_set() -> None:
+    """Drop every capability from the bounding set (none can come back through exec). Once
+    per process: a pre-spawned sandbox does it while it waits, off the cold-start path; the
+    capabilities it holds now are unaffected."""
     for cap in range(CAP_LAST + 1):
         failed = libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
         if failed and ctypes.get_errno() == errno.EINVAL:  # past the kernel's last capability
             break
+
+
+def _drop_privileges(uid: int, gid: int, rootless: bool = False) -> None:
+    _empty_bounding_set()
     if rootless:
         # one uid is mapped and we already are it (not root inside): clear the capabilities
         # the namespace's creator holds; with an empty bounding set, exec gives none back
@@ -385,6 +393,7 @@ def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) 
     """B of a pre-spawned sandbox: build stage 1, then wait for the function's plan."""
     try:
         _prepare_root(plan)
+        _empty_bounding_set()
         request = _recv_request(slot)
     except BaseException:
         os._exit(124)
