@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from gureum.control.package_sweeper import PackageSweeper
 from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
 from gureum.control.route_store import RouteStore
@@ -111,6 +112,7 @@ class Platform:
     events: EventHub = field(init=False)
     # API gateway: HTTP APIs, routes, API keys (kept in memory)
     routes: RouteStore = field(init=False)
+    package_sweeper: PackageSweeper = field(init=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Platform:
@@ -216,7 +218,9 @@ class Platform:
         platform.events = EventHub(settings, db, registry, dispatcher, invoker)
         await platform.events.start()
         platform.routes = await RouteStore.open(db, registry)
+        platform.package_sweeper = PackageSweeper(packages, registry)
         await platform._provision_all()
+        platform.package_sweeper.start()
         return platform
 
     async def _provision_all(self) -> None:
@@ -245,6 +249,7 @@ class Platform:
         if self.closed:
             return
         self.closed = True
+        await self.package_sweeper.close()
         await self.events.close()
         await self.async_invoker.close()
         await self.dispatcher.close()

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -288,12 +289,15 @@ class PackageStore:
     A package is visible (to `get`, `zip_path`) once both exist; `put` renames the extracted
     tree into place first and the zip last, each atomically. Any number of threads or processes
     may `put` at once, including the same bytes. `delete` must only be called for a package no
-    function uses any more, and not concurrently with a `put` of the same bytes.
+    function uses any more, and not concurrently with a `put` of the same bytes;
+    `delete_unless_used_since` is the safe form for sweeping (`put` of stored bytes marks the
+    package as used, under the same lock).
     """
 
     def __init__(self, root: Path, limits: PackageLimits = PackageLimits()) -> None:
         self.root = root
         self.limits = limits
+        self._lock = threading.Lock()  # a put of stored bytes vs a sweep deleting them
         root.mkdir(parents=True, exist_ok=True)
         self._sweep_stale_temps()
 
@@ -318,8 +322,12 @@ class PackageStore:
         with archive:
             entries = _plan(archive, self.limits)
             package = self._package(digest.hex(), len(data))
-            if self._is_stored(package.sha256_hex):
-                return package
+            with self._lock:
+                if self._is_stored(package.sha256_hex):
+                    # used again: a sweep must not take it between here and the caller
+                    # naming it in the registry
+                    os.utime(self.root / f"{package.sha256_hex}.zip")
+                    return package
             try:
                 self._store(archive, entries, data, package)
             except OSError as exc:
@@ -356,6 +364,29 @@ class PackageStore:
             pass
         finally:
             shutil.rmtree(trash, ignore_errors=True)
+
+    def unused_since(self, cutoff: float) -> list[str]:
+        """Digests of the stored packages not stored or put again since `cutoff` (epoch s)."""
+        found = []
+        for entry in os.scandir(self.root):
+            name, _, suffix = entry.name.partition(".")
+            if suffix == "zip" and _SHA256_HEX.fullmatch(name):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff:
+                        found.append(name)
+        return found
+
+    def delete_unless_used_since(self, sha256_hex: str, cutoff: float) -> bool:
+        """Delete the package unless it was stored or put again since `cutoff`; whether it was
+        deleted. For a sweep that found no function naming it."""
+        with self._lock:
+            try:
+                if (self.root / f"{sha256_hex}.zip").stat().st_mtime >= cutoff:
+                    return False
+            except FileNotFoundError:
+                return False
+            self.delete(sha256_hex)
+            return True
 
     def _store(
         self, archive: zipfile.ZipFile, entries: list[_Entry], data: bytes, package: StoredPackage

@@ -205,6 +205,15 @@ class Registry:
         next_marker = configs[-1].name if len(rows) > max_items else None
         return configs, next_marker
 
+    async def referenced_packages(self) -> set[str]:
+        """The code packages (hex digests) any function or version of any account names."""
+        found: set[str] = set()
+        async with self.db.engine.connect() as conn:
+            for table in (functions, versions):
+                for raw in await conn.scalars(sa.select(table.c.config)):
+                    found.add(FunctionConfig.from_json(raw).code_sha256)
+        return found
+
     async def _save_latest(self, config: FunctionConfig) -> None:
         async with self.db.engine.begin() as conn:
             result = await conn.execute(
