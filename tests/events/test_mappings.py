@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer, make_zip, wait_for
+from tests.conftest import RunningServer, make_zip, read_marks, wait_for
 
 # Records every record it gets (one file per delivery), fails the bodies asked to, and
 # answers with the batchItemFailures shape the test chose.
@@ -238,3 +238,82 @@ def test_mapping_validation(server: RunningServer, lam: Any) -> None:
     assert created["ScalingConfig"] == {"MaximumConcurrency": 2}
     with pytest.raises(lam.exceptions.ResourceConflictException):
         lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="consumer")
+
+
+# One file per invocation: when it started and ended, and the bodies of its batch.
+SPANS = """
+import json, os, time, uuid
+def handler(event, context):
+    start = time.time()
+    time.sleep(float(os.environ["SLEEP"]))
+    bodies = [record["body"] for record in event["Records"]]
+    with open(os.path.join(os.environ["MARKS"], uuid.uuid4().hex + ".json"), "w") as out:
+        json.dump({"start": start, "end": time.time(), "bodies": bodies}, out)
+"""
+
+
+def _deploy_spans(lam: Any, name: str, marks: Path, sleep: float, timeout: int = 3) -> None:
+    lam.create_function(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Timeout=timeout,
+        Code={"ZipFile": make_zip({"app.py": SPANS})},
+        Environment={"Variables": {"MARKS": str(marks), "SLEEP": str(sleep)}},
+    )
+
+
+def test_batching_window_fills_one_batch(server: RunningServer, lam: Any, marks: Path) -> None:
+    sqs = server.client("sqs")
+    _deploy_spans(lam, "batcher", marks, 0)
+    url, arn = _queue(sqs, "trickle")
+    lam.create_event_source_mapping(
+        EventSourceArn=arn, FunctionName="batcher", BatchSize=10, MaximumBatchingWindowInSeconds=2
+    )
+    sqs.send_message(QueueUrl=url, MessageBody="a")
+    time.sleep(0.7)  # within the window, while (with 5 pollers) the others are idle
+    sqs.send_message(QueueUrl=url, MessageBody="b")
+    wait_for(lambda: read_marks(marks))
+    time.sleep(0.5)
+    assert [sorted(m["bodies"]) for m in read_marks(marks)] == [["a", "b"]]
+
+
+def test_concurrency_scales_up_to_maximum_concurrency(
+    server: RunningServer, lam: Any, marks: Path
+) -> None:
+    sqs = server.client("sqs")
+    _deploy_spans(lam, "busy", marks, 0.5)
+    url, arn = _queue(sqs, "backlog")
+    sqs.send_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(8)]
+    )
+    lam.create_event_source_mapping(
+        EventSourceArn=arn,
+        FunctionName="busy",
+        BatchSize=1,
+        ScalingConfig={"MaximumConcurrency": 2},
+    )
+    spans = wait_for(lambda: len(read_marks(marks)) == 8 and read_marks(marks), timeout=30)
+    peak = max(sum(1 for s in spans if s["start"] <= t["start"] < s["end"]) for t in spans)
+    assert peak == 2  # a backlog uses every poller, and never more
+    assert sorted(b for s in spans for b in s["bodies"]) == [str(i) for i in range(8)]
+
+
+def test_timed_out_consumer_keeps_its_batch(server: RunningServer, lam: Any, marks: Path) -> None:
+    sqs = server.client("sqs")
+    _deploy_spans(lam, "stuck", marks, 5, timeout=1)
+    url, arn = _queue(sqs, "stuck", VisibilityTimeout="1")
+    sqs.send_message(QueueUrl=url, MessageBody="kept")
+    mapping = lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="stuck")
+
+    def result() -> str:
+        found: str = lam.get_event_source_mapping(UUID=mapping["UUID"])["LastProcessingResult"]
+        return found
+
+    wait_for(lambda: result() == "PROBLEM: Function call failed", timeout=30)
+    assert read_marks(marks) == []  # it never finished
+    assert _count(sqs, url) == 1  # not deleted
+    with server.sdk() as client:  # back after its visibility timeout, and timed out again
+        records = wait_for(lambda: client.invocations("stuck")[1:] and client.invocations("stuck"))
+    assert all(r["trigger"] == "sqs" and r["status"] == "timeout" for r in records)

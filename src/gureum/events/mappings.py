@@ -2,7 +2,11 @@
 
 Each enabled mapping runs `MaximumConcurrency` poller tasks (default 5). A poller receives a
 batch (up to `BatchSize`, waiting up to `MaximumBatchingWindowInSeconds` to fill it), invokes
-the function with the SQS event shape and deletes what succeeded:
+the function with the SQS event shape and deletes what succeeded. The pollers of a mapping
+take turns collecting (each invokes on its own): an idle poller would otherwise take every
+message that arrives during another's batching window, and the batches would never fill;
+under load a batch fills at once, the turns are short and up to `MaximumConcurrency`
+invocations run at the same time.
 
 - the function raised, timed out or crashed → no message is deleted; each comes back after
   the queue's visibility timeout (and reaches the queue's dead-letter queue, if it has one);
@@ -161,6 +165,8 @@ def sqs_record(queue: Queue, message: StoredMessage, region: str) -> dict[str, A
 class _Running:
     mapping: Mapping
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # held by the poller collecting a batch: the others wait their turn (see module doc)
+    collecting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class EventSourceMappings:
@@ -322,7 +328,7 @@ class EventSourceMappings:
             return
         running = _Running(mapping)
         for _ in range(mapping.max_concurrency or DEFAULT_CONCURRENCY):
-            running.tasks.append(asyncio.create_task(self._poll(mapping)))
+            running.tasks.append(asyncio.create_task(self._poll(mapping, running.collecting)))
         self._running[mapping.uuid] = running
 
     def _stop(self, mapping_id: str) -> None:
@@ -347,10 +353,10 @@ class EventSourceMappings:
                     .values(last_result=result)
                 )
 
-    async def _poll(self, mapping: Mapping) -> None:
+    async def _poll(self, mapping: Mapping, collecting: asyncio.Lock) -> None:
         while True:
             try:
-                await self._poll_once(mapping)
+                await self._poll_once(mapping, collecting)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -358,14 +364,15 @@ class EventSourceMappings:
                 await self._record(mapping, f"PROBLEM: {exc}"[:256])
                 await asyncio.sleep(PROBLEM_BACKOFF_S)
 
-    async def _poll_once(self, mapping: Mapping) -> None:
+    async def _poll_once(self, mapping: Mapping, collecting: asyncio.Lock) -> None:
         try:
             queue = await self.queues.get_queue_by_arn(mapping.source_arn)
         except SQSError:
             await self._record(mapping, "PROBLEM: The event source queue does not exist.")
             await asyncio.sleep(PROBLEM_BACKOFF_S * 5)
             return
-        batch = await self._collect(mapping, queue)
+        async with collecting:
+            batch = await self._collect(mapping, queue)
         if not batch:
             return
         event = {"Records": [sqs_record(queue, m, self.region) for m in batch]}
