@@ -1,9 +1,11 @@
-"""Async invoke configs (retries, event age), destinations, idempotency keys and redrive."""
+"""Async invoke configs (retries, event age), destinations, idempotency keys, bad requests on
+the native API, and redrive (SDK and CLI)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ import pytest
 from botocore.config import Config
 
 from gureum.client import Client
+from gureum.errors import InvalidRequestContent, RequestTooLarge, ResourceNotFound
+from gureum.store.schema import async_events
+from tests.cli.test_cli import Cli, cli_env
 from tests.conftest import RunningServer, make_zip, wait_for
 
 FLAKY = """
@@ -217,3 +222,89 @@ def _redrive(client: Client, marks: Path) -> None:
     wait_for(lambda: _runs(marks, "dead") == 4)
     wait_for(lambda: len(client.events("failed")) == 1)
     assert client.redrive() == 1
+
+
+def _queue_arn(sqs: Any, name: str) -> tuple[str, str]:
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
+    return url, arn["QueueArn"]
+
+
+def test_maximum_event_age_dead_letters_with_event_age_exceeded(
+    server: RunningServer, lam: Any, marks: Path
+) -> None:
+    sqs = server.client("sqs")
+    _deploy(lam)
+    url, arn = _queue_arn(sqs, "too-old")
+    lam.put_function_event_invoke_config(
+        FunctionName="flaky",
+        MaximumEventAgeInSeconds=60,
+        DestinationConfig={"OnFailure": {"Destination": arn}},
+    )
+    # throttled: retried without using an attempt, until the event is too old
+    lam.put_function_concurrency(FunctionName="flaky", ReservedConcurrentExecutions=0)
+    response = lam.invoke(
+        FunctionName="flaky",
+        InvocationType="Event",
+        Payload=json.dumps({"dir": str(marks), "id": "old"}),
+    )
+    platform = server.platform
+    account = platform.root.account_id
+
+    async def backdate() -> None:  # rather than wait a minute: the event was accepted 61 s ago
+        async with platform.db.engine.begin() as conn:
+            await conn.execute(async_events.update().values(created_at=time.time() - 61))
+
+    server.run(backdate())
+    [failed] = wait_for(lambda: server.run(platform.async_invoker.list_events(account, "failed")))
+    assert failed["last_error"] == "maximum event age exceeded" and failed["attempts"] == 0
+    [message] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestContext"]["requestId"] == response["ResponseMetadata"]["RequestId"]
+    assert record["requestContext"]["condition"] == "EventAgeExceeded"
+    assert record["requestPayload"] == {"dir": str(marks), "id": "old"}
+    assert "responseContext" not in record and "responsePayload" not in record
+    assert _runs(marks, "old") == 0
+
+
+def test_idempotency_key_dedupes_only_within_the_window(
+    server_factory: Callable[..., RunningServer], marks: Path
+) -> None:
+    server = server_factory(idempotency_window_s=1.0)
+    with server.sdk() as client:
+        client.create_function("flaky", make_zip({"app.py": FLAKY}), "app.handler")
+        payload = json.dumps({"dir": str(marks), "id": "win"}).encode()
+        first = client.invoke_async("flaky", payload, idempotency_key="k")
+        assert client.invoke_async("flaky", payload, idempotency_key="k") == first
+        time.sleep(1.2)
+        later = client.invoke_async("flaky", payload, idempotency_key="k")
+    assert later != first
+    wait_for(lambda: _runs(marks, "win") == 2)
+
+
+def test_native_async_invoke_refuses_bad_requests(server: RunningServer) -> None:
+    with server.sdk() as client:
+        client.create_function("flaky", make_zip({"app.py": FLAKY}), "app.handler")
+        with pytest.raises(InvalidRequestContent, match="Could not parse request body into json"):
+            client.invoke_async("flaky", b"not json")
+        with pytest.raises(RequestTooLarge, match="1048576"):
+            client.invoke_async("flaky", json.dumps("x" * 1024 * 1024).encode())
+        with pytest.raises(ResourceNotFound, match="missing"):
+            client.invoke_async("missing", b"{}")
+        assert client.events() == []  # nothing refused was accepted
+
+
+def test_redrive_cli(server: RunningServer, lam: Any, marks: Path, tmp_path: Path) -> None:
+    _deploy(lam)
+    lam.put_function_event_invoke_config(FunctionName="flaky", MaximumRetryAttempts=0)
+    cli = Cli(cli_env(server, tmp_path))
+    payload = json.dumps({"dir": str(marks), "id": "cli", "fail": 1})
+    request_id = cli.json("invoke", "flaky", "--async", "--payload", payload)["request_id"]
+    [dead] = wait_for(lambda: cli.json("events", "--state", "failed"))
+    assert dead["request_id"] == request_id and "RuntimeError: nope" in dead["last_error"]
+    assert cli.json("redrive", request_id) == {"redriven": 1}
+    wait_for(lambda: _runs(marks, "cli") == 2 and cli.json("events", "--state", "failed"))
+    assert cli.ok("redrive").stdout.strip() == "redriven: 1"
+    wait_for(lambda: _runs(marks, "cli") == 3)
+    missing = cli("redrive", "no-such-request")
+    assert missing.exit_code == 1 and "ResourceNotFoundException" in missing.stderr

@@ -109,3 +109,35 @@ def test_concurrent_enqueues_are_all_committed(
     assert len(set(ids)) == 200
     wait_for(lambda: len(_events(server, "succeeded")) == 200, timeout=60)
     assert len(list(tmp_path.iterdir())) == 200
+
+
+SLOW = """
+import os, time
+def handler(event, context):
+    open(os.path.join(event["dir"], f"{event['id']}.{context.aws_request_id}"), "w").close()
+    time.sleep(5)
+"""
+
+
+def test_timed_out_event_is_in_flight_then_retried_then_dead_lettered(
+    server: RunningServer, lam: Any, tmp_path: Path
+) -> None:
+    tmp_path = _marks(tmp_path)
+    lam.create_function(
+        FunctionName="slow",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Timeout=1,
+        Code={"ZipFile": make_zip({"app.py": SLOW})},
+    )
+    lam.put_function_event_invoke_config(FunctionName="slow", MaximumRetryAttempts=1)
+    payload = json.dumps({"dir": str(tmp_path), "id": "t"})
+    lam.invoke(FunctionName="slow", InvocationType="Event", Payload=payload)
+    [running] = wait_for(lambda: _events(server, "running"))  # in flight, listed as such
+    assert running["attempts"] == 0
+    [failed] = wait_for(lambda: _events(server, "failed"), timeout=30)
+    assert failed["attempts"] == 2
+    assert "Sandbox.Timedout" in failed["last_error"]
+    assert "Task timed out after 1.00 seconds" in failed["last_error"]
+    assert len(list(tmp_path.iterdir())) == 2  # the first try and one retry
