@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -11,6 +12,7 @@ from gureum.errors import SQSError
 from gureum.events.queue_store import QueueStore
 from gureum.events.queues import OutgoingMessage, validate_message
 from gureum.store import Database
+from gureum.store.schema import queue_messages
 
 ACCOUNT = "123456789012"
 
@@ -95,6 +97,28 @@ def test_fifo_dedup_groups_and_redrive(database_url: str) -> None:
         await store.delete_queue(queue)
         with pytest.raises(SQSError):
             await store.get_queue(ACCOUNT, "work.fifo")
+        await _close(store)
+
+    asyncio.run(scenario())
+
+
+def test_messages_past_their_retention_period_are_never_received(database_url: str) -> None:
+    async def scenario() -> None:
+        store = await _store(database_url)
+        queue = await store.create_queue(ACCOUNT, "brief", {"MessageRetentionPeriod": "60"})
+        await store.send(queue, [OutgoingMessage("stale"), OutgoingMessage("fresh")])
+        async with store.db.engine.begin() as conn:  # sent 61 s ago, rather than wait
+            await conn.execute(
+                queue_messages.update()
+                .where(queue_messages.c.body == "stale")
+                .values(sent_at=time.time() - 61)
+            )
+        got = await store.receive(queue, 10)
+        assert [m.body for m in got] == ["fresh"]
+        await store.delete(queue, [got[0].receipt_handle])
+        assert await store.receive(queue, 10) == []
+        counts = await store.counts(queue)  # the expired one is gone, not waiting
+        assert sum(counts.values()) == 0, counts
         await _close(store)
 
     asyncio.run(scenario())

@@ -210,6 +210,17 @@ def test_delay_seconds(sqs: Any) -> None:
     assert got[0]["Body"] == "later" and time.monotonic() - started < 3
 
 
+def test_queue_delay_seconds_applies_unless_the_message_sets_its_own(sqs: Any) -> None:
+    url = sqs.create_queue(QueueName="slow-start", Attributes={"DelaySeconds": "1"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="queue delay")
+    sqs.send_message(QueueUrl=url, MessageBody="no delay", DelaySeconds=0)
+    [first] = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert first["Body"] == "no delay"
+    started = time.monotonic()
+    [second] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5)["Messages"]
+    assert second["Body"] == "queue delay" and time.monotonic() - started < 3
+
+
 def test_redrive_to_dead_letter_queue(sqs: Any) -> None:
     dlq = sqs.create_queue(QueueName="dead")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
