@@ -1,6 +1,6 @@
 """`AsyncInvoker`'s journal against every metadata-store backend (SQLite and PostgreSQL), with
-a stand-in dispatcher: batched accepts, claims and settles; retries; a close hands unfinished
-events back; two invokers on one store never run an event twice at once."""
+a stand-in dispatcher: batched accepts, claims and settles (group commits); retries; a close
+hands unfinished events back; two invokers on one store never run an event twice at once."""
 
 from __future__ import annotations
 
@@ -170,6 +170,38 @@ def test_an_event_that_waited_long_is_leased_afresh_unless_its_lease_was_lost(
                 )
             assert not await invoker._renew(lost)
         finally:
+            await invoker.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_accepts_and_outcomes_are_group_committed(database_url: str) -> None:
+    """Durability under load costs one commit (one fsync) per batch, not per event."""
+
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        invoker = _invoker(db, StandInDispatcher())
+        await invoker.start(sole_owner=True)
+        commits = 0
+
+        def count(_: Any) -> None:
+            nonlocal commits
+            commits += 1
+
+        try:
+            await invoker.enqueue(ACCOUNT, "f", None, b"warm")  # the config lookup is cached
+            await _settled(db, 1)
+            sa.event.listen(db.engine.sync_engine, "commit", count)
+            payloads = [f"ok {i}".encode() for i in range(300)]
+            await asyncio.gather(*(invoker.enqueue(ACCOUNT, "f", None, p) for p in payloads))
+            accepted = commits
+            await _settled(db, 301)
+            assert accepted <= 10, accepted  # every accept was acknowledged only once committed
+            assert commits <= 60, commits  # accepts, leases and outcomes of 300 events
+        finally:
+            if sa.event.contains(db.engine.sync_engine, "commit", count):
+                sa.event.remove(db.engine.sync_engine, "commit", count)
             await invoker.close()
             await db.close()
 
