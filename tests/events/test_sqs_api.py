@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.conftest import RunningServer
@@ -289,4 +294,40 @@ def test_unsigned_and_unknown_actions_get_sqs_errors(server: RunningServer, sqs:
         sqs.list_queue_tags(QueueUrl=sqs.create_queue(QueueName="t")["QueueUrl"])
     assert unsupported.value.response["Error"]["Code"] == (
         "AWS.SimpleQueueService.UnsupportedOperation"
+    )
+
+
+def test_malformed_json_protocol_requests_get_clear_errors(server: RunningServer, sqs: Any) -> None:
+    url = sqs.create_queue(QueueName="raw")["QueueUrl"]
+    root = server.platform.root
+    credentials = Credentials(root.access_key_id, root.secret_access_key)
+
+    def send(body: bytes) -> httpx.Response:
+        headers = {
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": "AmazonSQS.SendMessage",
+        }
+        request = AWSRequest(method="POST", url=server.endpoint + "/", data=body, headers=headers)
+        SigV4Auth(credentials, "sqs", "us-east-1").add_auth(request)
+        with httpx.Client() as http:
+            return http.post(server.endpoint + "/", content=body, headers=dict(request.headers))
+
+    for body, message in [
+        (b"{not json", "The request body is not valid JSON."),
+        (b"[1]", "The request body must be a JSON object."),
+        (
+            json.dumps({"QueueUrl": url, "MessageBody": 42}).encode(),
+            "The request must contain a non-empty message body.",
+        ),
+    ]:
+        response = send(body)
+        assert response.status_code == 400
+        error = response.json()
+        assert error["__type"] == "com.amazonaws.sqs#InvalidParameterValueException"
+        assert error["message"] == message
+    assert (
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"
+        ]["ApproximateNumberOfMessages"]
+        == "0"
     )
