@@ -308,3 +308,69 @@ def test_redrive_cli(server: RunningServer, lam: Any, marks: Path, tmp_path: Pat
     wait_for(lambda: _runs(marks, "cli") == 3)
     missing = cli("redrive", "no-such-request")
     assert missing.exit_code == 1 and "ResourceNotFoundException" in missing.stderr
+
+
+def test_dead_letter_config_gets_failed_events(
+    server: RunningServer, lam: Any, marks: Path
+) -> None:
+    """DeadLetterConfig as AWS has it: set on the function (SQS queue or SNS topic), returned
+    in its configuration, and sent each event that failed for good, with its error."""
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    lam.create_function(
+        FunctionName="flaky",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": FLAKY})},
+        DeadLetterConfig={"TargetArn": arn},
+    )
+    assert lam.get_function_configuration(FunctionName="flaky")["DeadLetterConfig"] == {
+        "TargetArn": arn
+    }
+    lam.put_function_event_invoke_config(FunctionName="flaky", MaximumRetryAttempts=1)
+    payload = json.dumps({"dir": str(marks), "id": "bad", "fail": 1})
+    sent = lam.invoke(FunctionName="flaky", InvocationType="Event", Payload=payload)
+    lam.invoke(
+        FunctionName="flaky",
+        InvocationType="Event",
+        Payload=json.dumps({"dir": str(marks), "id": "good"}),
+    )
+
+    [message] = sqs.receive_message(
+        QueueUrl=url, WaitTimeSeconds=20, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert message["Body"] == payload
+    attributes = {k: v["StringValue"] for k, v in message["MessageAttributes"].items()}
+    assert attributes == {
+        "RequestID": sent["ResponseMetadata"]["RequestId"],
+        "ErrorCode": "200",
+        "ErrorMessage": "nope",
+    }
+    assert _runs(marks, "bad") == 2  # the retry came first
+    wait_for(lambda: _runs(marks, "good") == 1)
+    time.sleep(0.5)
+    assert not sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages")
+
+    # an SNS-style topic works too; a TargetArn of "" removes it; a bad ARN is refused
+    with server.sdk() as client:
+        topic = client.create_topic("failures")
+        client.subscribe("failures", "queue:dlq")
+    lam.update_function_configuration(
+        FunctionName="flaky", DeadLetterConfig={"TargetArn": topic["arn"]}
+    )
+    sent = lam.invoke(FunctionName="flaky", InvocationType="Event", Payload=payload)
+    [message] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=20)["Messages"]
+    note = json.loads(message["Body"])
+    assert note["TopicArn"] == topic["arn"] and note["Message"] == payload
+    assert note["MessageAttributes"]["RequestID"]["Value"] == sent["ResponseMetadata"]["RequestId"]
+    assert note["MessageAttributes"]["ErrorMessage"]["Value"] == "nope"
+    lam.update_function_configuration(FunctionName="flaky", DeadLetterConfig={"TargetArn": ""})
+    assert "DeadLetterConfig" not in lam.get_function_configuration(FunctionName="flaky")
+    with pytest.raises(lam.exceptions.InvalidParameterValueException):
+        lam.update_function_configuration(
+            FunctionName="flaky", DeadLetterConfig={"TargetArn": "arn:aws:s3:::bucket"}
+        )

@@ -17,6 +17,7 @@ RUNTIMES = ("python3.9", "python3.10", "python3.11", "python3.12", "python3.13",
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ALIAS_RE = re.compile(r"^(?!^[0-9]+$)[a-zA-Z0-9_-]{1,128}$")
 HANDLER_RE = re.compile(r"^[^\s]{1,128}$")
+DEAD_LETTER_ARN_RE = re.compile(r"arn:aws:(sqs|sns):[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}")
 ENV_KEY_RE = re.compile(r"^[a-zA-Z]([a-zA-Z0-9_])+$")
 ENV_LIMIT_BYTES = 4096
 # Variables the platform sets for every instance; users may not override them (as on AWS).
@@ -145,6 +146,7 @@ class FunctionConfig:
     min_instances: int = 0
     network: str = "platform"  # "none" | "platform" (Gureum's APIs) | "internet" (+ egress)
     egress_allow: list[str] = field(default_factory=list)  # internet: allowed hosts
+    dead_letter_target: str = ""  # DeadLetterConfig.TargetArn: an SQS queue or SNS topic
     version: str = LATEST
     revision_id: str = field(default_factory=new_revision_id)
     last_modified: float = field(default_factory=time.time)
@@ -184,6 +186,14 @@ class FunctionConfig:
         validate_description(self.description)
         if not isinstance(self.role, str) or len(self.role) > 2048:
             raise _constraint(self.role, "role", "Member must have length <= 2048")
+        if not isinstance(self.dead_letter_target, str) or (
+            self.dead_letter_target and not DEAD_LETTER_ARN_RE.fullmatch(self.dead_letter_target)
+        ):
+            raise _constraint(
+                self.dead_letter_target,
+                "deadLetterConfig.targetArn",
+                "Member must be the ARN of an SQS queue or an SNS topic",
+            )
         return self
 
     def arn(self, region: str, qualifier: str | None = None) -> str:
@@ -241,6 +251,8 @@ class FunctionConfig:
             "Architectures": ["x86_64"],
             "EphemeralStorage": {"Size": self.ephemeral_mb},
         }
+        if self.dead_letter_target:
+            shape["DeadLetterConfig"] = {"TargetArn": self.dead_letter_target}
         return shape
 
 

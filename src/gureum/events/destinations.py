@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gureum.control.models import LATEST, parse_function_ref
-from gureum.errors import InvalidParameterValue
+from gureum.errors import InvalidParameterValue, ResourceNotFound
 from gureum.events.async_invoke import AsyncInvoker
 from gureum.events.invoke_configs import destination_kind
 from gureum.events.queue_store import QueueStore
@@ -75,13 +75,29 @@ class Destinations:
         result: InvocationResult | None,
         attempts: int,
     ) -> None:
+        """The destination record to the configured destination and, for a failed event, the
+        event itself to the function's dead-letter queue; both are tried, then any failure
+        raised (the event stays failed and listed, for a redrive)."""
+        problems: list[str] = []
         config = await self.invoker.configs.lookup(
             event["account_id"], event["function_name"], event["qualifier"] or None
         )
         target = config.on_success if condition == "Success" else config.on_failure
-        if not target:
-            return
-        body = json.dumps(destination_record(event, condition, result, attempts, self.region))
+        if target:
+            record = destination_record(event, condition, result, attempts, self.region)
+            try:
+                await self._deliver(event, target, json.dumps(record))
+            except Exception as exc:
+                problems.append(f"destination {target}: {exc}")
+        if condition != "Success":
+            try:
+                await self._dead_letter(event, condition, result)
+            except Exception as exc:
+                problems.append(f"dead-letter queue: {exc}")
+        if problems:
+            raise DeliveryFailed("; ".join(problems))
+
+    async def _deliver(self, event: dict[str, Any], target: str, body: str) -> None:
         kind = destination_kind(target)
         if kind == "queue":
             queue = await self.queues.get_queue_by_arn(target)
@@ -100,3 +116,59 @@ class Destinations:
             await self.topics.publish(account, topic, body)
         else:
             raise InvalidParameterValue(f"topic destinations are not available here: {target}")
+
+    async def _dead_letter(
+        self, event: dict[str, Any], condition: str, result: InvocationResult | None
+    ) -> None:
+        """AWS's dead-letter message: the event as the body, with RequestID, ErrorCode and
+        ErrorMessage attributes, to the SQS queue or SNS topic of the version that failed."""
+        registry = self.invoker.dispatcher.registry
+        account, name = event["account_id"], event["function_name"]
+        try:
+            if result is not None:
+                config = await registry.get_function(account, name, result.executed_version)
+            else:
+                config, _ = await registry.resolve(account, name, event["qualifier"] or None)
+        except ResourceNotFound:
+            return  # deleted meanwhile: the failed event stays listed
+        target = config.dead_letter_target
+        if not target:
+            return
+        body = event["payload"].decode(errors="replace")
+        message = _error_message(result) if result is not None else "EventAgeExceeded"
+        if target.startswith("arn:aws:sqs:"):
+            queue = await self.queues.get_queue_by_arn(target)
+            attributes = {
+                "RequestID": {"DataType": "String", "StringValue": event["request_id"]},
+                "ErrorCode": {"DataType": "Number", "StringValue": "200"},
+                "ErrorMessage": {"DataType": "String", "StringValue": message},
+            }
+            await self.queues.send(queue, [OutgoingMessage(body, attributes)])
+        elif self.topics is not None:
+            topic_account, topic = parse_topic_arn(target)
+            await self.topics.publish(
+                topic_account,
+                topic,
+                body,
+                {
+                    "RequestID": event["request_id"],
+                    "ErrorCode": {"Type": "Number", "Value": "200"},
+                    "ErrorMessage": message,
+                },
+            )
+        else:
+            raise InvalidParameterValue(f"topic dead-letter queues are not available: {target}")
+
+
+class DeliveryFailed(Exception):
+    """A destination or dead-letter delivery failed."""
+
+
+def _error_message(result: InvocationResult) -> str:
+    """The first KB of the function's errorMessage, as AWS puts in ErrorMessage."""
+    document = _json_or_text(result.payload)
+    if isinstance(document, dict) and isinstance(document.get("errorMessage"), str):
+        text = document["errorMessage"]
+    else:
+        text = str(document)
+    return text.encode()[:1024].decode(errors="ignore") or "Unhandled"

@@ -524,6 +524,12 @@ def _config_fields(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(storage, dict) or "Size" not in storage:
             raise InvalidParameterValue("EphemeralStorage.Size is required")
         out["ephemeral_mb"] = storage["Size"]
+    if "DeadLetterConfig" in body:
+        dead_letter = body["DeadLetterConfig"]
+        target = dead_letter.get("TargetArn", "") if isinstance(dead_letter, dict) else None
+        if not isinstance(target, str):
+            raise InvalidParameterValue("DeadLetterConfig.TargetArn must be a string")
+        out["dead_letter_target"] = target  # "" removes it
     return out
 
 
