@@ -360,7 +360,7 @@ class Topics:
                 continue
             sends.append((queue, OutgoingMessage(json.dumps(document))))
         if events or sends:
-            async with self.db.engine.begin() as conn:
+            async with self.db.write_gate, self.db.engine.begin() as conn:
                 if events:
                     await conn.execute(async_events.insert(), events)
                 for queue, outgoing in sends:
