@@ -179,6 +179,9 @@ def test_declared_sha256_and_md5_are_enforced(server: RunningServer, s3: Any, bu
         server, "PUT", f"/{bucket}/k", b"payload", {"x-amz-checksum-crc32": crc32_b64(b"x")}
     )
     assert response.status_code == 400 and error_code(response) == "BadDigest"
+    # the digests are checked before the blob is made durable: nothing of a bad body is left
+    objects = server.settings.data_dir / "objects"
+    assert not [p for p in objects.rglob("*") if p.is_file()]
     good_md5 = base64.b64encode(hashlib.md5(b"payload").digest()).decode()
     response = signed(server, "PUT", f"/{bucket}/k", b"payload", {"Content-MD5": good_md5})
     assert response.status_code == 200

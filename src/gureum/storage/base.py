@@ -7,8 +7,14 @@ no key can influence where bytes are written.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
+
+
+class Hash(Protocol):
+    """What `BlobWriter.hash_with` feeds: hashlib's objects, a CRC32 wrapper."""
+
+    def update(self, data: bytes, /) -> None: ...
 
 
 class BlobWriter(Protocol):
@@ -22,9 +28,20 @@ class BlobWriter(Protocol):
         """Bytes written so far."""
         ...
 
+    def hash_with(self, hashes: Sequence[Hash]) -> None:
+        """Feed every byte written from now on to `hashes` as well, in order, where the store
+        passes over the bytes anyway (files: in the thread that writes them, so one pass over
+        a batch both hashes and writes it). Call before the first `write`. The hashes are
+        complete only when `commit` calls its `check`."""
+        ...
+
     async def write(self, data: bytes) -> None: ...
 
-    async def commit(self) -> str: ...
+    async def commit(self, check: Callable[[], None] | None = None) -> str:
+        """Make the blob durable and return its id. `check` runs first, once every byte is
+        written and hashed (possibly in a worker thread); if it raises, nothing is committed,
+        the blob is discarded as by `abort`, and the exception propagates."""
+        ...
 
     async def abort(self) -> None: ...
 

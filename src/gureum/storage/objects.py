@@ -27,12 +27,13 @@ from gureum.storage.catalog import (
     no_such_key,
 )
 from gureum.storage.notifications import Delivery, Notifier, ObjectEvent, load_targets
-from gureum.storage.payload import Digests, Received
+from gureum.storage.payload import Received, Verify
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
-# Fills a new blob from the request body and says what it received (verified).
-Fill = Callable[[BlobWriter], Awaitable[Received]]
+# Fills a new blob from the request body; returns the check the blob's commit runs, which
+# verifies the body (the writer's hashes are whole then) and says what was received.
+Fill = Callable[[BlobWriter], Awaitable[Verify]]
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,10 @@ class ObjectStore:
     async def _write(self, fill: Fill) -> tuple[str, Received]:
         writer = self.blobs.writer()
         try:
-            received = await fill(writer)
-            return await writer.commit(), received
+            verify = await fill(writer)
+            received: list[Received] = []
+            blob = await writer.commit(lambda: received.append(verify()))
+            return blob, received[0]
         finally:
             await writer.abort()
 
@@ -236,16 +239,12 @@ class ObjectStore:
         await self.catalog.get_upload(bucket, key, upload_id)
         _, reader = await self.open(*source, span)
 
-        async def fill(writer: BlobWriter) -> Received:
+        async def fill(writer: BlobWriter) -> Verify:
             md5 = hashlib.md5()
-            digests = Digests([md5])
-            try:
-                async for chunk in reader:
-                    await writer.write(chunk)
-                    await digests.add(chunk)
-            finally:
-                await digests.finish()
-            return Received(writer.size, md5.hexdigest(), None)
+            writer.hash_with([md5])
+            async for chunk in reader:
+                await writer.write(chunk)
+            return lambda: Received(writer.size, md5.hexdigest(), None)
 
         try:
             return await self.put_part(bucket, key, upload_id, number, fill)

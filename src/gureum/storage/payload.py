@@ -4,13 +4,15 @@ Handles plain bodies (declared sha256 or UNSIGNED-PAYLOAD) and `aws-chunked` bod
 (STREAMING-UNSIGNED-PAYLOAD-TRAILER, boto3's default since 1.36, and the signed
 STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] forms with per-chunk signatures), and checks
 Content-MD5, x-amz-checksum-* (as a header or a trailer) and x-amz-decoded-content-length.
-The body is never held whole: chunks go to the writer as they arrive. Any mismatch raises an
-S3Error; the caller then aborts the writer, so nothing of a bad body is ever stored.
+The body is never held whole: chunks go to the writer as they arrive, and the writer hashes
+them in the same pass that writes them. Framing and length errors raise an S3Error at once;
+the digests are compared by the check `receive_body` returns, which the writer's `commit` runs
+before it makes anything durable. Either way the writer is aborted, so nothing of a bad body
+is ever stored.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -31,12 +33,6 @@ STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096  # a chunk header or trailer line; real ones are < 200 bytes
-# Body bytes hashed per worker-thread batch: small at first, so hashing overlaps the
-# receiving of even a 1 MiB body, doubling up to the largest batch for big bodies (fewer
-# thread hops). A body smaller than INLINE_HASH is hashed on the event loop.
-FIRST_HASH_BATCH = 256 * 1024
-MAX_HASH_BATCH = 4 * 1024 * 1024
-INLINE_HASH = 64 * 1024
 _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-checksum-type")
 
 
@@ -81,49 +77,9 @@ class Received:
     checksum: tuple[str, str] | None  # (algorithm, base64 value), verified
 
 
-class Digests:
-    """Feeds body chunks to the hashes in a worker thread, one batch while the event loop
-    receives the next (hashlib releases the GIL on big buffers); small bodies are hashed
-    inline, where a thread hop would cost more than the hashing."""
-
-    def __init__(self, hashes: list[_Checksum]) -> None:
-        self._hashes = hashes
-        self._batch: list[bytes] = []
-        self._batch_size = 0
-        self._batch_limit = FIRST_HASH_BATCH
-        self._hashing: asyncio.Future[None] | None = None
-
-    def _update(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            for digest in self._hashes:
-                digest.update(chunk)
-
-    async def add(self, data: bytes) -> None:
-        self._batch.append(data)
-        self._batch_size += len(data)
-        if self._batch_size >= self._batch_limit:
-            self._batch_limit = min(2 * self._batch_limit, MAX_HASH_BATCH)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        chunks, size = self._batch, self._batch_size
-        self._batch, self._batch_size = [], 0
-        hashing, self._hashing = self._hashing, None
-        if hashing is not None:
-            await hashing  # in order, and at most one batch in flight
-        if size < INLINE_HASH:
-            self._update(chunks)
-        elif chunks:
-            self._hashing = asyncio.get_running_loop().run_in_executor(None, self._update, chunks)
-
-    async def finish(self) -> None:
-        """Hash what is left and wait for it; the hashes are final after this returns."""
-        try:
-            await self._flush()
-        finally:
-            hashing, self._hashing = self._hashing, None
-            if hashing is not None:
-                await hashing
+# Checks a received body against what the request declared (raises S3Error) and says what was
+# received; for the writer's `commit(check)`, which runs it once the writer's hashes are whole.
+Verify = Callable[[], Received]
 
 
 def _incomplete() -> S3Error:
@@ -257,8 +213,9 @@ async def receive_body(
     *,
     max_size: int,
     signing: ChunkSigning | None = None,
-) -> Received:
-    """Stream the request body into `writer`, verified (see the module docstring)."""
+) -> Verify:
+    """Stream the request body into `writer`, which also hashes it; return the check to pass
+    to the writer's `commit` (see the module docstring)."""
     algorithm, expected_checksum, trailer = _declared_checksum(headers)
     expected_md5 = _content_md5(headers)
     chunked = payload_hash.startswith("STREAMING-") or "aws-chunked" in headers.get(
@@ -288,7 +245,7 @@ async def receive_body(
     md5 = hashlib.md5()
     checksum: _Checksum | None = CHECKSUMS[algorithm]() if algorithm else None
     sha256 = hashlib.sha256() if not chunked and payload_hash != UNSIGNED else None
-    digests = Digests([h for h in (md5, checksum, sha256) if h is not None])
+    writer.hash_with([h for h in (md5, checksum, sha256) if h is not None])
     wire = _Wire(receive)
     size = 0
 
@@ -298,44 +255,46 @@ async def receive_body(
         if size > max_size or (length is not None and size > length):
             raise _too_long(length, max_size)
         await writer.write(data)
-        await digests.add(data)
 
     trailers: dict[str, str] = {}
-    try:
-        if chunked:
-            trailers = await _read_chunks(
-                wire, accept, signing if payload_hash.startswith(STREAMING_SIGNED) else None
-            )
-        else:
-            while (piece := await wire.rest()) is not None:
-                await accept(piece)
-    finally:
-        await digests.finish()
+    if chunked:
+        trailers = await _read_chunks(
+            wire, accept, signing if payload_hash.startswith(STREAMING_SIGNED) else None
+        )
+    else:
+        while (piece := await wire.rest()) is not None:
+            await accept(piece)
     if length is not None and size != length:
         raise _incomplete()
-    if sha256 is not None and not hmac.compare_digest(sha256.hexdigest(), payload_hash):
-        raise S3Error(
-            "XAmzContentSHA256Mismatch",
-            "The provided 'x-amz-content-sha256' header does not match what was computed.",
-        )
-    if expected_md5 is not None and not hmac.compare_digest(md5.digest(), expected_md5):
-        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.")
     if trailer and algorithm is not None:
         expected_checksum = trailers.get(f"x-amz-checksum-{algorithm}")
         if expected_checksum is None:
             raise S3Error("InvalidRequest", f"The x-amz-checksum-{algorithm} trailer is missing.")
-    value = base64.b64encode(checksum.digest()).decode() if checksum is not None else None
-    if expected_checksum is not None and value != expected_checksum:
-        assert algorithm is not None
-        raise S3Error(
-            "BadDigest",
-            f"The {algorithm.upper()} you specified did not match the calculated checksum.",
+
+    def verify() -> Received:
+        if sha256 is not None and not hmac.compare_digest(sha256.hexdigest(), payload_hash):
+            raise S3Error(
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
+        if expected_md5 is not None and not hmac.compare_digest(md5.digest(), expected_md5):
+            raise S3Error(
+                "BadDigest", "The Content-MD5 you specified did not match what we received."
+            )
+        value = base64.b64encode(checksum.digest()).decode() if checksum is not None else None
+        if expected_checksum is not None and value != expected_checksum:
+            assert algorithm is not None
+            raise S3Error(
+                "BadDigest",
+                f"The {algorithm.upper()} you specified did not match the calculated checksum.",
+            )
+        return Received(
+            size=size,
+            md5_hex=md5.hexdigest(),
+            checksum=(algorithm, value) if algorithm and value else None,
         )
-    return Received(
-        size=size,
-        md5_hex=md5.hexdigest(),
-        checksum=(algorithm, value) if algorithm and value else None,
-    )
+
+    return verify
 
 
 def _too_long(length: int | None, max_size: int) -> S3Error:

@@ -12,7 +12,7 @@ from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobWriter
 from gureum.storage.catalog import ObjectMeta
 from gureum.storage.objects import MAX_PARTS, ObjectStore
-from gureum.storage.payload import Received
+from gureum.storage.payload import Verify
 from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http_date
 from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
 
@@ -33,7 +33,7 @@ def _base_headers(req: S3Request) -> dict[str, str]:
 
 
 def _filler(req: S3Request, max_size: int = MAX_OBJECT_SIZE):  # type: ignore[no-untyped-def]
-    async def fill(writer: BlobWriter) -> Received:
+    async def fill(writer: BlobWriter) -> Verify:
         return await req.body_into(writer, max_size)
 
     return fill

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -14,10 +15,10 @@ from starlette.types import Receive, Scope
 
 from gureum.errors import S3Error
 from gureum.iam.sigv4 import Identity, SecretLookup
-from gureum.storage.base import BlobWriter
+from gureum.storage.base import BlobWriter, Hash
 from gureum.storage.catalog import Headers
 from gureum.storage.objects import WriteContext
-from gureum.storage.payload import ChunkSigning, Received, receive_body
+from gureum.storage.payload import ChunkSigning, Verify, receive_body
 from gureum.storage.s3_xml import new_request_id
 
 MAX_XML_BODY = 2 * 1024 * 1024
@@ -39,15 +40,23 @@ class _MemoryWriter:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self._hashes: Sequence[Hash] = ()
 
     @property
     def size(self) -> int:
         return len(self.data)
 
+    def hash_with(self, hashes: Sequence[Hash]) -> None:
+        self._hashes = hashes
+
     async def write(self, data: bytes) -> None:
+        for digest in self._hashes:
+            digest.update(data)
         self.data += data
 
-    async def commit(self) -> str:
+    async def commit(self, check: Callable[[], None] | None = None) -> str:
+        if check is not None:
+            check()
         return ""
 
     async def abort(self) -> None:
@@ -142,8 +151,8 @@ class S3Request:
         scope = f"{date}/{self.identity.region}/{self.identity.service}/aws4_request"
         return ChunkSigning(key, match.group(1), timestamp, scope)
 
-    async def body_into(self, writer: BlobWriter, max_size: int) -> Received:
-        """Stream the verified body into a blob writer."""
+    async def body_into(self, writer: BlobWriter, max_size: int) -> Verify:
+        """Stream the body into a blob writer; return the check for its `commit`."""
         payload_hash = self.identity.payload_hash or "UNSIGNED-PAYLOAD"
         signing = self._chunk_signing() if payload_hash.startswith("STREAMING-AWS4") else None
         return await receive_body(
@@ -158,7 +167,8 @@ class S3Request:
     async def small_body(self) -> bytes:
         """A small (XML) body, verified, in memory."""
         writer = _MemoryWriter()
-        await self.body_into(writer, MAX_XML_BODY)
+        verify = await self.body_into(writer, MAX_XML_BODY)
+        verify()  # a memory writer hashes as it is written: its hashes are whole already
         return bytes(writer.data)
 
     def stored_headers(self) -> Headers:
