@@ -86,6 +86,19 @@ def test_a_failed_notification_write_leaves_no_object(
     assert len(_blob_files(server)) == 1  # no stray blob either
 
 
+def test_a_replaced_blob_is_deleted_after_the_answer(
+    server: RunningServer, s3: Any, bucket: str
+) -> None:
+    for body in (b"v1", b"v2", b"v3"):
+        s3.put_object(Bucket=bucket, Key="k", Body=body)
+    deadline = time.monotonic() + 10
+    while len(_blob_files(server)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [blob] = _blob_files(server)
+    assert blob.read_bytes() == b"v3"
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v3"
+
+
 KEY, SECRET = "AKIAS3DURABLE0001", "s3-durability-test-secret-0001"
 
 

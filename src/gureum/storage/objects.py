@@ -4,11 +4,15 @@ It enforces the rules around every write, whatever the caller: the body goes int
 blob which is committed (durable) before the metadata names it, a replaced or removed blob is
 deleted only after the metadata change committed, nothing of a failed write stays behind, and
 each change's notifications are committed in the very transaction that commits the change.
+The blob a PUT replaces is deleted in the background, after the answer: the client need not
+wait for it, and a crash before it is gone leaves an orphan, which the sweeper removes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +33,7 @@ from gureum.storage.catalog import (
 from gureum.storage.notifications import Delivery, Notifier, ObjectEvent, load_targets
 from gureum.storage.payload import Received, Verify
 
+log = logging.getLogger(__name__)
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 # Fills a new blob from the request body; returns the check the blob's commit runs, which
@@ -56,11 +61,28 @@ class ObjectStore:
         self.blobs = blobs
         self.notifier = notifier
         self.region = region
+        self._discarding: set[asyncio.Task[None]] = set()
 
     async def _discard(self, blobs: Sequence[str | None]) -> None:
         for blob in blobs:
             if blob is not None:
                 await self.blobs.delete(blob)
+
+    def _discard_later(self, blob: str | None) -> None:
+        """Delete a blob no metadata names any more, in the background (see the module
+        docstring)."""
+        if blob is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.blobs.delete(blob))
+        self._discarding.add(task)
+        task.add_done_callback(self._discarded)
+
+    def _discarded(self, task: asyncio.Task[None]) -> None:
+        self._discarding.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "could not delete a replaced blob (the sweeper will)", exc_info=task.exception()
+            )
 
     async def _write(self, fill: Fill) -> tuple[str, Received]:
         writer = self.blobs.writer()
@@ -104,7 +126,7 @@ class ObjectStore:
         except BaseException:
             await self._discard([meta.blob])
             raise
-        await self._discard([old])
+        self._discard_later(old)
         if delivery is not None:
             delivery.announce()
 
