@@ -169,6 +169,19 @@ _OLD_BLOB = (
 _UPDATE_OBJECT = s3_objects.update().where(
     s3_objects.c.bucket == sa.bindparam("obj_bucket"), s3_objects.c.key == sa.bindparam("obj_key")
 )
+# The same writes as plain SQLite statements, for `_put_object_sqlite` (see there).
+_SQLITE_OLD_BLOB = (
+    "SELECT s3_objects.blob FROM s3_buckets LEFT OUTER JOIN s3_objects"
+    " ON s3_objects.bucket = s3_buckets.name AND s3_objects.key = ? WHERE s3_buckets.name = ?"
+)
+_SQLITE_INSERT_OBJECT = (
+    "INSERT INTO s3_objects (blob, size, etag, last_modified, headers, bucket, key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_UPDATE_OBJECT = (
+    "UPDATE s3_objects SET blob = ?, size = ?, etag = ?, last_modified = ?, headers = ?"
+    " WHERE bucket = ? AND key = ?"
+)
 # an object and its bucket in one round trip; built once, so SQLAlchemy caches it whole
 _LOOKUP = (
     sa.select(s3_buckets.c.name.label("bucket"), *[c for c in s3_objects.c if c.name != "bucket"])
@@ -355,6 +368,8 @@ class ObjectCatalog:
         return old
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
+        if self.db.dialect == "sqlite":
+            return await self._put_object_sqlite(conn, meta)
         raw = check_key(meta.key)
         values = {
             "blob": meta.blob,
@@ -374,6 +389,22 @@ class ObjectCatalog:
             await conn.execute(
                 _UPDATE_OBJECT, {"obj_bucket": meta.bucket, "obj_key": raw, **values}
             )
+        return old
+
+    async def _put_object_sqlite(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
+        """`_put_object` straight through aiosqlite, on the transaction's own connection (so
+        in the same transaction): one round trip to its thread per statement, where
+        SQLAlchemy's adapter makes three or four (cursor, execute, fetch, close)."""
+        raw = check_key(meta.key)
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        found = list(await driver.execute_fetchall(_SQLITE_OLD_BLOB, (raw, meta.bucket)))
+        if not found:
+            raise no_such_bucket(meta.bucket)
+        old: str | None = found[0][0]
+        values = (meta.blob, meta.size, meta.etag, meta.last_modified, json.dumps(meta.headers))
+        statement = _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT
+        await driver.execute_fetchall(statement, (*values, meta.bucket, raw))
         return old
 
     async def get_object(self, bucket: str, key: str) -> ObjectMeta | None:
