@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import stat
+import warnings
 import zipfile
 from typing import Any
 
@@ -217,18 +219,26 @@ def test_payload_limits(lam: Any, deploy: Deploy) -> None:
     just_fits = b'"' + b"a" * (limit - 2) + b'"'
     assert payload_of(lam.invoke(FunctionName="sizer", Payload=just_fits)) == limit - 2
 
-    too_big = b'"' + b"a" * (limit - 1) + b'"'
-    with pytest.raises(ClientError) as excinfo:
-        lam.invoke(FunctionName="sizer", Payload=too_big)
-    assert error_of(excinfo) == ("RequestTooLargeException", 413)
+    # The server answers 413 before the body is all sent; botocore then sometimes drops that
+    # connection without closing it, and its socket, held in a cycle with the exception, would
+    # be finalised (ResourceWarning) in whichever later test the garbage collector runs in.
+    # Collect it here, where it is known and harmless.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        too_big = b'"' + b"a" * (limit - 1) + b'"'
+        with pytest.raises(ClientError) as excinfo:
+            lam.invoke(FunctionName="sizer", Payload=too_big)
+        assert error_of(excinfo) == ("RequestTooLargeException", 413)
 
-    async_fits = b'"' + b"a" * (MB - 2) + b'"'
-    accepted = lam.invoke(FunctionName="sizer", InvocationType="Event", Payload=async_fits)
-    assert accepted["StatusCode"] == 202
-    async_too_big = b'"' + b"a" * (MB - 1) + b'"'
-    with pytest.raises(ClientError) as excinfo:
-        lam.invoke(FunctionName="sizer", InvocationType="Event", Payload=async_too_big)
-    assert error_of(excinfo) == ("RequestTooLargeException", 413)
+        async_fits = b'"' + b"a" * (MB - 2) + b'"'
+        accepted = lam.invoke(FunctionName="sizer", InvocationType="Event", Payload=async_fits)
+        assert accepted["StatusCode"] == 202
+        async_too_big = b'"' + b"a" * (MB - 1) + b'"'
+        with pytest.raises(ClientError) as excinfo:
+            lam.invoke(FunctionName="sizer", InvocationType="Event", Payload=async_too_big)
+        assert error_of(excinfo) == ("RequestTooLargeException", 413)
+        del excinfo
+        gc.collect()
     # the server is fine afterwards
     assert payload_of(lam.invoke(FunctionName="sizer", Payload=b'"abc"')) == 3
 
