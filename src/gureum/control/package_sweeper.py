@@ -13,12 +13,12 @@ deployment that is about to name it. It runs shortly after start-up and then eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
 from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
+from gureum.periodic import Periodic
 
 log = logging.getLogger(__name__)
 GRACE_S = 3600.0
@@ -41,29 +41,20 @@ class PackageSweeper:
         self.registry = registry
         self.grace_s = grace_s
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "code package sweep", self._sweep_and_log, interval_s, FIRST_DELAY_S
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.close()
 
-    async def _run(self) -> None:
-        await asyncio.sleep(FIRST_DELAY_S)
-        while True:
-            try:
-                deleted = await self.sweep()
-                if deleted:
-                    log.info("code package sweep: %d unused packages deleted", deleted)
-            except Exception:
-                log.exception("code package sweep failed; trying again later")
-            await asyncio.sleep(self.interval_s)
+    async def _sweep_and_log(self) -> None:
+        deleted = await self.sweep()
+        if deleted:
+            log.info("code package sweep: %d unused packages deleted", deleted)
 
     async def sweep(self, now: float | None = None) -> int:
         """One sweep; how many packages it deleted. Safe while functions are deployed."""

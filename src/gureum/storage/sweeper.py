@@ -11,13 +11,12 @@ week applies). It runs once at start-up and then every `interval_s`, in the back
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
 from gureum.errors import S3Error
+from gureum.periodic import Periodic
 from gureum.storage.base import BlobStore
 from gureum.storage.catalog import ObjectCatalog
 
@@ -52,33 +51,22 @@ class Sweeper:
         self.grace_s = grace_s
         self.upload_ttl_s = upload_ttl_s
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("object store sweep", self._sweep_and_log, interval_s)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._periodic.start()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.close()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                swept = await self.sweep()
-                if swept.blobs or swept.uploads:
-                    log.info(
-                        "object store sweep: %d orphaned blobs removed, %d stale multipart "
-                        "uploads aborted",
-                        swept.blobs,
-                        swept.uploads,
-                    )
-            except Exception:
-                log.exception("object store sweep failed; trying again later")
-            await asyncio.sleep(self.interval_s)
+    async def _sweep_and_log(self) -> None:
+        swept = await self.sweep()
+        if swept.blobs or swept.uploads:
+            log.info(
+                "object store sweep: %d orphaned blobs removed, %d stale multipart uploads aborted",
+                swept.blobs,
+                swept.uploads,
+            )
 
     async def sweep(self, now: float | None = None) -> Swept:
         """One sweep (see the module docstring); safe to run while requests are served."""
