@@ -3,18 +3,16 @@ and redrive of dead-lettered events. Included by `build_management_api`."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from gureum.errors import InvalidRequestContent, RequestTooLarge, ResourceNotFound
+from gureum.errors import ResourceNotFound
+from gureum.gateway.lambda_api import MAX_ASYNC_PAYLOAD, check_payload
 from gureum.iam.sigv4 import Identity
 from gureum.platform import Platform
-
-MAX_ASYNC_PAYLOAD = 1024 * 1024
 
 
 def _caller(request: Request) -> Identity:
@@ -43,15 +41,7 @@ def events_router(platform: Platform) -> APIRouter:
         """Accept an async (Event) invocation durably; a repeated `Idempotency-Key` within
         the window returns the first request's id and runs nothing again."""
         payload = await request.body()
-        if len(payload) > MAX_ASYNC_PAYLOAD:
-            raise RequestTooLarge(f"Request must be smaller than {MAX_ASYNC_PAYLOAD} bytes")
-        if payload:  # refused now, as Invoke does, not dead-lettered after three runs
-            try:
-                json.loads(payload)
-            except ValueError as exc:
-                raise InvalidRequestContent(
-                    f"Could not parse request body into json: {exc}"
-                ) from None
+        check_payload(payload, MAX_ASYNC_PAYLOAD)
         await platform.registry.get_function(identity.account_id, name, qualifier)
         request_id = await platform.async_invoker.enqueue(
             identity.account_id, name, qualifier, payload, idempotency_key=idempotency_key

@@ -127,18 +127,7 @@ class _Invoke:
         kind = headers.get(b"x-amz-invocation-type", "RequestResponse")
         if kind not in ("RequestResponse", "Event", "DryRun"):
             raise InvalidParameterValue(f"Invalid InvocationType: {kind}")
-        limit = MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD
-        if len(payload) > limit:
-            raise RequestTooLarge(
-                f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
-            )
-        if payload:
-            try:
-                json.loads(payload)
-            except ValueError as exc:
-                raise InvalidRequestContent(
-                    f"Could not parse request body into json: {exc}"
-                ) from None
+        check_payload(payload, MAX_ASYNC_PAYLOAD if kind == "Event" else MAX_SYNC_PAYLOAD)
         client_context = _client_context(headers.get(b"x-amz-client-context"))
         if kind == "DryRun":
             await api.registry.get_function(account, name, qualifier)
@@ -501,6 +490,20 @@ def _zip_from(code: object) -> bytes:
         return base64.b64decode(code["ZipFile"], validate=True)
     except (binascii.Error, TypeError, ValueError):
         raise InvalidParameterValue("Code.ZipFile must be base64-encoded zip bytes") from None
+
+
+def check_payload(payload: bytes, limit: int) -> None:
+    """An invocation payload as AWS checks it before accepting anything: at most `limit`
+    bytes, and JSON (refused now rather than failing in the function, or after its retries)."""
+    if len(payload) > limit:
+        raise RequestTooLarge(
+            f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+        )
+    if payload:
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from None
 
 
 def _config_fields(body: dict[str, Any]) -> dict[str, Any]:
