@@ -294,6 +294,11 @@ class _Template:
 
 def templates_unavailable() -> str | None:
     """Why this host cannot use templates, or None when it can."""
+    for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
+        if prefix == "/tmp" or prefix.startswith("/tmp/"):
+            # a template's /tmp is a link to each instance's own tmpfs, so nothing can be
+            # bound under it (a virtualenv in a checkout under /tmp, say)
+            return f"the Python runtime lives under /tmp ({prefix})"
     abi = landlock_abi()
     if abi < LANDLOCK_MIN_ABI:
         return (
@@ -366,8 +371,6 @@ class LinuxSandbox:
             self.templates_off = "rootless: a template's instances need a root agent"
         elif templates:
             self.templates_off = templates_unavailable()
-            if self._static["late_binds"]:
-                self.templates_off = "the Python runtime lives under /tmp"
 
     # ---- set-up ------------------------------------------------------------------------------
 
