@@ -23,6 +23,7 @@ from gureum.control.registry import Registry
 from gureum.control.route_store import RouteStore
 from gureum.errors import ConfigurationError
 from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.hub import EventHub
 from gureum.iam.credentials import KeyRing, RootCredentials, SessionIssuer, load_or_create_root
 from gureum.node.dispatcher import Dispatcher
@@ -105,7 +106,7 @@ class Platform:
     pool: InstancePool
     recorder: InvocationRecorder
     dispatcher: Dispatcher
-    async_invoker: AsyncInvoker
+    async_invoker: EventJournal
     lock: TextIO
     closed: bool = False
     # queues, mappings, schedules, topics: built once the async invoker runs

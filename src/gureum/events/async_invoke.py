@@ -25,13 +25,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.errors import ResourceNotFound, TooManyRequests
+from gureum.events.base import DestinationSink
 from gureum.events.invoke_configs import InvokeConfigs
 from gureum.node.dispatcher import Dispatcher, InvocationResult
 from gureum.store import Database
@@ -42,12 +42,11 @@ DEFAULT_MAX_ATTEMPTS = 3  # the first try plus AWS's default of 2 retries
 MAX_EVENT_AGE_S = 6 * 3600.0
 LEASE_GRACE_S = 60.0
 LEASE_SWEEP_S = 5.0  # how often expired leases are looked for
-# (event row, condition, result or None, attempts) -> None; raises when it could not deliver
-DestinationSink = Callable[[dict[str, Any], str, InvocationResult | None, int], Awaitable[None]]
 
 
 class AsyncInvoker:
-    """Accepts events durably and runs them on the dispatcher with `workers` concurrent tasks.
+    """The `EventJournal` on the metadata store (see `gureum.events.base` for the contract):
+    accepts events durably and runs them on the dispatcher with `workers` concurrent tasks.
 
     One journal task does all of the hot path's writing, batched: each of its transactions
     inserts the events accepted since the last one, records the outcomes decided since, and

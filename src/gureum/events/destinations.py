@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gureum.control.models import LATEST, parse_function_ref
+from gureum.control.registry import Registry
 from gureum.errors import InvalidParameterValue, ResourceNotFound
-from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.invoke_configs import destination_kind
 from gureum.events.queue_store import QueueStore
 from gureum.events.queues import OutgoingMessage
@@ -58,13 +59,19 @@ def destination_record(
 
 
 class Destinations:
-    """The `AsyncInvoker.destinations` sink: looks up the function's config and delivers."""
+    """The `EventJournal.destinations` sink: looks up the function's config and delivers."""
 
     def __init__(
-        self, invoker: AsyncInvoker, queues: QueueStore, region: str, topics: Topics | None = None
+        self,
+        invoker: EventJournal,
+        queues: QueueStore,
+        registry: Registry,
+        region: str,
+        topics: Topics | None = None,
     ) -> None:
         self.invoker = invoker
         self.queues = queues
+        self.registry = registry
         self.region = region
         self.topics = topics
 
@@ -122,7 +129,7 @@ class Destinations:
     ) -> None:
         """AWS's dead-letter message: the event as the body, with RequestID, ErrorCode and
         ErrorMessage attributes, to the SQS queue or SNS topic of the version that failed."""
-        registry = self.invoker.dispatcher.registry
+        registry = self.registry
         account, name = event["account_id"], event["function_name"]
         try:
             if result is not None:

@@ -8,7 +8,7 @@ the scheduler first, then commits queue sends already accepted.
 from __future__ import annotations
 
 from gureum.control.registry import Registry
-from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.destinations import Destinations
 from gureum.events.mappings import EventSourceMappings
 from gureum.events.queue_store import QueueStore
@@ -27,7 +27,7 @@ class EventHub:
         db: Database,
         registry: Registry,
         dispatcher: Dispatcher,
-        invoker: AsyncInvoker,
+        invoker: EventJournal,
     ) -> None:
         self.settings = settings
         self.invoker = invoker
@@ -35,7 +35,9 @@ class EventHub:
         self.sqs_api = SQSAPI(self.queues, settings.endpoint, settings.region)
         self.mappings = EventSourceMappings(db, registry, dispatcher, self.queues, settings.region)
         self.topics = Topics(db, registry, invoker, self.queues, settings.region)
-        invoker.destinations = Destinations(invoker, self.queues, settings.region, self.topics)
+        invoker.destinations = Destinations(
+            invoker, self.queues, registry, settings.region, self.topics
+        )
         self.schedules = Schedules(
             db, registry, invoker, settings.region, allow_seconds=settings.schedule_allow_seconds
         )

@@ -6,7 +6,7 @@ row holds `next_tick`, the earliest tick not yet fired. Contracts:
 
 - A tick is fired at most once, also across restarts and between nodes: one transaction
   advances `next_tick` (only if it still holds the tick that was read) and inserts the async
-  event, built by `AsyncInvoker.row()`. Delivery is then the async path's: durable, retried
+  event, built by `EventJournal.row()`. Delivery is then the async path's: durable, retried
   per the function's invoke config, dead-lettered.
 - After downtime, a schedule whose tick is overdue by more than a grace period (a minute, or
   half its interval when that is shorter) follows its `missed` policy: `fire-once` sends one
@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from gureum.control.models import validate_name
 from gureum.control.registry import Registry
 from gureum.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound
-from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.schedule_expressions import Expression, parse_expression
 from gureum.store import Database
 from gureum.store.schema import async_events, schedules
@@ -111,7 +111,7 @@ class Schedules:
         self,
         db: Database,
         registry: Registry,
-        invoker: AsyncInvoker,
+        invoker: EventJournal,
         region: str,
         *,
         allow_seconds: bool = False,

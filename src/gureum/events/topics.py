@@ -36,7 +36,7 @@ from gureum.errors import (
     RequestTooLarge,
     ResourceNotFound,
 )
-from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.filter_policy import matches, validate_filter_policy
 from gureum.events.queue_store import QueueStore
 from gureum.events.queues import OutgoingMessage, Queue
@@ -165,7 +165,7 @@ class Topics:
         self,
         db: Database,
         registry: Registry,
-        invoker: AsyncInvoker,
+        invoker: EventJournal,
         queues: QueueStore,
         region: str,
     ) -> None:

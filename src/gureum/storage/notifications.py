@@ -3,7 +3,7 @@
 A bucket's configuration lists destinations — Lambda functions and standard SQS queues — each
 with event types (`s3:ObjectCreated:*`, `s3:ObjectRemoved:Delete` …) and optional key
 prefix/suffix filters. A matching change becomes, per destination, one durable async
-invocation (an `async_events` row, as `AsyncInvoker.row()` builds it) or one queue message
+invocation (an `async_events` row, as `EventJournal.row()` builds it) or one queue message
 (`QueueStore.send_in`) whose payload is AWS's S3 event message, `{"Records": [...]}`. These
 rows are inserted in the same transaction that commits the change (`Delivery.write`), so a
 committed change is never without its notifications, whenever the process dies; the
@@ -38,7 +38,7 @@ from urllib.parse import quote_plus
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.errors import S3Error, SQSError
-from gureum.events.async_invoke import AsyncInvoker
+from gureum.events.base import EventJournal
 from gureum.events.queue_store import QueueStore
 from gureum.events.queues import OutgoingMessage, Queue
 from gureum.store.schema import async_events
@@ -215,7 +215,7 @@ class Delivery:
     """The notifications of one change, prepared before its transaction: `write` them in it,
     `announce` them after it committed."""
 
-    invoker: AsyncInvoker
+    invoker: EventJournal
     queues: QueueStore
     events: list[dict[str, Any]] = field(default_factory=list)
     messages: list[tuple[Queue, OutgoingMessage]] = field(default_factory=list)
@@ -238,7 +238,7 @@ class Notifier:
     """Turns object events into durable invocations and queue messages (see the module
     docstring)."""
 
-    invoker: AsyncInvoker
+    invoker: EventJournal
     queues: QueueStore
     max_depth: int = MAX_CHAIN_DEPTH
     stops: deque[LoopStop] = field(default_factory=lambda: deque(maxlen=1000))
