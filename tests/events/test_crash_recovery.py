@@ -33,6 +33,9 @@ def handler(event, context):
 """
 
 
+_SERVERS: list[subprocess.Popen[bytes]] = []  # every server the tests start; none outlives its test
+
+
 def _start(
     data_dir: Path, port: int, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -50,6 +53,7 @@ def _start(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    _SERVERS.append(proc)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -112,10 +116,15 @@ _OPEN: list[Any] = []  # every client these tests make; closed after each test
 
 
 @pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
+def _close_clients_and_servers() -> Iterator[None]:
     yield
     while _OPEN:
         _OPEN.pop().close()
+    while _SERVERS:
+        server = _SERVERS.pop()
+        if server.poll() is None:  # a test that failed before stopping it
+            server.kill()
+            server.wait()
 
 
 def _client(port: int) -> Any:
