@@ -73,9 +73,6 @@ class AsyncInvoker:
         self.workers = workers
         self.retry_base_s = retry_base_s
         self.poll_s = poll_s
-        # the hot path's writers take turns in this process instead of meeting in SQLite's
-        # busy handler, which sleeps for milliseconds (see `Database.write_gate`)
-        self.write_gate = db.write_gate
         # claimed events not started yet: up to `prefetch` of them are leased ahead
         self.prefetch = min(256, max(32, 8 * workers))
         self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -203,7 +200,7 @@ class AsyncInvoker:
                 await self._write(claim=False)
             await accepted
             return str(row["request_id"])
-        async with self._idempotency_lock, self.write_gate, self.db.engine.begin() as conn:
+        async with self._idempotency_lock, self.db.write_gate, self.db.engine.begin() as conn:
             first = await conn.scalar(
                 sa.select(async_events.c.request_id)
                 .where(
@@ -228,7 +225,7 @@ class AsyncInvoker:
         )
         if request_id is not None:
             query = query.where(async_events.c.request_id == request_id)
-        async with self.write_gate, self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             result = await conn.execute(
                 query.values(
                     state="pending", attempts=0, not_before=now, created_at=now, updated_at=now
@@ -284,7 +281,7 @@ class AsyncInvoker:
         handed = False
         try:
             async with self.db.engine.connect() as conn:
-                async with self.write_gate:
+                async with self.db.write_gate:
                     if inserts:
                         await conn.execute(self._insert_statement, [row for row, _ in inserts])
                     if settles:
@@ -378,7 +375,7 @@ class AsyncInvoker:
         now = time.time()
         lease_until = now + 900 + LEASE_GRACE_S
         try:
-            async with self.write_gate, self.db.engine.begin() as conn:
+            async with self.db.write_gate, self.db.engine.begin() as conn:
                 renewed = await conn.execute(
                     async_events.update()
                     .where(
@@ -516,7 +513,7 @@ class AsyncInvoker:
         self._in_progress.clear()
         if unfinished:
             with contextlib.suppress(Exception):  # else their leases run out
-                async with self.write_gate, self.db.engine.begin() as conn:
+                async with self.db.write_gate, self.db.engine.begin() as conn:
                     await conn.execute(
                         async_events.update()
                         .where(async_events.c.id.in_(unfinished), async_events.c.state == "running")

@@ -113,8 +113,6 @@ class QueueStore:
         self.db = db
         self.region = region
         self.poll_s = poll_s
-        # held around the message paths' transactions (see `Database.write_gate`)
-        self.gate = db.write_gate
         self._arrivals: dict[int, asyncio.Event] = {}
         self._queues: dict[tuple[str, str], tuple[Queue, float]] = {}
         self._committer = GroupCommitter(db, queue_messages.insert())
@@ -312,7 +310,7 @@ class QueueStore:
         self, queue: Queue, messages: list[OutgoingMessage], now: float
     ) -> list[SendResult]:
         results: list[SendResult] = []
-        async with self.gate, self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             # the first statement writes: SQLite takes its write lock before reading, and
             # PostgreSQL serialises FIFO sends of this queue on its row
             await conn.execute(
@@ -415,7 +413,7 @@ class QueueStore:
         }
         # expired messages are never handed out, and deleted now and then
         due = sa.and_(m.queue_id == queue.id, m.visible_at <= now, m.sent_at >= now - retention)
-        async with self.gate, self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             # the first statement writes (see _send_fifo): this sweep, the dead-letter move
             # or the standard queue's claim itself
             if queue.fifo or now - self._last_sweep.get(queue.id, 0.0) >= RETENTION_SWEEP_S:
@@ -546,7 +544,7 @@ class QueueStore:
         """Make an in-flight message visible again `visibility_s` seconds from now."""
         row_id, token = parse_receipt(queue, handle)
         now = time.time()
-        async with self.gate, self.db.engine.begin() as conn:
+        async with self.db.write_gate, self.db.engine.begin() as conn:
             changed = await conn.execute(
                 queue_messages.update()
                 .where(
