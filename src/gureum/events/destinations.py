@@ -104,11 +104,21 @@ class Destinations:
         if problems:
             raise DeliveryFailed("; ".join(problems))
 
-    async def _deliver(self, event: dict[str, Any], target: str, body: str) -> None:
+    async def _deliver(
+        self,
+        event: dict[str, Any],
+        target: str,
+        body: str,
+        attributes: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """`body` to a queue, function or topic ARN; `attributes` (name → (type, value)) go
+        along as message attributes to a queue or topic."""
         kind = destination_kind(target)
+        attributes = attributes or {}
         if kind == "queue":
             queue = await self.queues.get_queue_by_arn(target)
-            await self.queues.send(queue, [OutgoingMessage(body)])
+            sqs = {n: {"DataType": t, "StringValue": v} for n, (t, v) in attributes.items()}
+            await self.queues.send(queue, [OutgoingMessage(body, sqs)])
         elif kind == "function":
             name, qualifier, account = parse_function_ref(target)
             await self.invoker.enqueue(
@@ -120,7 +130,8 @@ class Destinations:
             )
         elif self.topics is not None:
             account, topic = parse_topic_arn(target)
-            await self.topics.publish(account, topic, body)
+            sns = {n: {"Type": t, "Value": v} for n, (t, v) in attributes.items()}
+            await self.topics.publish(account, topic, body, sns)
         else:
             raise InvalidParameterValue(f"topic destinations are not available here: {target}")
 
@@ -129,42 +140,23 @@ class Destinations:
     ) -> None:
         """AWS's dead-letter message: the event as the body, with RequestID, ErrorCode and
         ErrorMessage attributes, to the SQS queue or SNS topic of the version that failed."""
-        registry = self.registry
         account, name = event["account_id"], event["function_name"]
         try:
             if result is not None:
-                config = await registry.get_function(account, name, result.executed_version)
+                config = await self.registry.get_function(account, name, result.executed_version)
             else:
-                config, _ = await registry.resolve(account, name, event["qualifier"] or None)
+                config, _ = await self.registry.resolve(account, name, event["qualifier"] or None)
         except ResourceNotFound:
             return  # deleted meanwhile: the failed event stays listed
-        target = config.dead_letter_target
-        if not target:
-            return
-        body = event["payload"].decode(errors="replace")
-        message = _error_message(result) if result is not None else "EventAgeExceeded"
-        if target.startswith("arn:aws:sqs:"):
-            queue = await self.queues.get_queue_by_arn(target)
+        if config.dead_letter_target:
+            message = _error_message(result) if result is not None else condition
             attributes = {
-                "RequestID": {"DataType": "String", "StringValue": event["request_id"]},
-                "ErrorCode": {"DataType": "Number", "StringValue": "200"},
-                "ErrorMessage": {"DataType": "String", "StringValue": message},
+                "RequestID": ("String", event["request_id"]),
+                "ErrorCode": ("Number", "200"),
+                "ErrorMessage": ("String", message),
             }
-            await self.queues.send(queue, [OutgoingMessage(body, attributes)])
-        elif self.topics is not None:
-            topic_account, topic = parse_topic_arn(target)
-            await self.topics.publish(
-                topic_account,
-                topic,
-                body,
-                {
-                    "RequestID": event["request_id"],
-                    "ErrorCode": {"Type": "Number", "Value": "200"},
-                    "ErrorMessage": message,
-                },
-            )
-        else:
-            raise InvalidParameterValue(f"topic dead-letter queues are not available: {target}")
+            body = event["payload"].decode(errors="replace")
+            await self._deliver(event, config.dead_letter_target, body, attributes)
 
 
 class DeliveryFailed(Exception):
