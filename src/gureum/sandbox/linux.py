@@ -292,10 +292,20 @@ class _Template:
     why_not: str = ""  # refused or failed: why
 
 
+def _runtime_prefixes() -> set[str]:
+    """Where the Python runtime instances run on lives (bound into every sandbox)."""
+    return {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+
+
+def _under_tmp(path: str) -> bool:
+    """A path a sandbox's own /tmp would cover: it must be bound on top of that tmpfs."""
+    return path == "/tmp" or path.startswith("/tmp/")
+
+
 def templates_unavailable() -> str | None:
     """Why this host cannot use templates, or None when it can."""
-    for prefix in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}:
-        if prefix == "/tmp" or prefix.startswith("/tmp/"):
+    for prefix in _runtime_prefixes():
+        if _under_tmp(prefix):
             # a template's /tmp is a link to each instance's own tmpfs, so nothing can be
             # bound under it (a virtualenv in a checkout under /tmp, say)
             return f"the Python runtime lives under /tmp ({prefix})"
@@ -383,7 +393,7 @@ class LinuxSandbox:
                 symlinks.append((os.readlink(path), path))
             elif os.path.isdir(path):
                 binds.append((path, path))
-        prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+        prefixes = _runtime_prefixes()
         for prefix in sorted(prefixes):
             if not any(prefix == s or prefix.startswith(s + "/") for s, _ in binds):
                 binds.append((prefix, prefix))
@@ -397,16 +407,12 @@ class LinuxSandbox:
                 hidden.add(str(lib.resolve()))
         bound = [target for _, target in binds]
         hide = sorted(h for h in hidden if any(h.startswith(b + "/") for b in bound))
-
-        def late(path: str) -> bool:  # under /tmp: must go on top of the instance's tmpfs
-            return path == "/tmp" or path.startswith("/tmp/")
-
         return {
             "rootless": self.rootless,
-            "binds": [b for b in binds if not late(b[1])],
-            "hide": [h for h in hide if not late(h)],
-            "late_binds": [b for b in binds if late(b[1])],
-            "late_hide": [h for h in hide if late(h)],
+            "binds": [b for b in binds if not _under_tmp(b[1])],
+            "hide": [h for h in hide if not _under_tmp(h)],
+            "late_binds": [b for b in binds if _under_tmp(b[1])],
+            "late_hide": [h for h in hide if _under_tmp(h)],
             "symlinks": symlinks,
         }
 
