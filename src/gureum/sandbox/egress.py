@@ -19,8 +19,9 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,47 @@ async def _pump(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> N
             target.write_eof()
 
 
+async def splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy bytes both ways until both directions have ended; the upstream connection is
+    closed however this ends (also when cancelled). The caller closes its own `writer`."""
+    try:
+        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+    finally:
+        up_writer.close()
+
+
+class Handlers:
+    """The connection handlers a server is running, so that closing it can end them: a
+    server's own `close()` stops accepting but leaves open connections running (Python 3.11),
+    and at shutdown they would be destroyed pending with their transports open."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Around a handler's body: it is cancelled by `cancel()` until it ends."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)
+
+    async def cancel(self) -> None:
+        """Cancel every running handler and wait for them (their cleanup included)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class EgressProxy:
     """A proxy for one allow-list on a Unix socket. `close()` is idempotent."""
 
@@ -93,6 +135,7 @@ class EgressProxy:
         self.allow = allow
         self.path = path
         self._server: asyncio.AbstractServer | None = None
+        self._handlers = Handlers()
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -101,12 +144,13 @@ class EgressProxy:
         os.chmod(self.path, 0o666)  # sandboxes run as their own uids
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self._relay(reader, writer)
-        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass
-        finally:
-            writer.close()
+        with self._handlers.running():
+            try:
+                await self._relay(reader, writer)
+            except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                pass
+            finally:
+                writer.close()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await _read_head(reader)
@@ -144,8 +188,7 @@ class EgressProxy:
         else:
             up_writer.write(forward)
         await writer.drain()
-        await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        up_writer.close()
+        await splice(reader, writer, up_reader, up_writer)
 
     @staticmethod
     async def _refuse(
@@ -164,5 +207,6 @@ class EgressProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
+        await self._handlers.cancel()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -48,7 +48,7 @@ from gureum.runtime.bootstrap import LANDLOCK_MIN_ABI, landlock_abi
 from gureum.runtime.seccomp_policy import DENIED_SYSCALLS
 from gureum.sandbox.base import InstanceSpec, IsolationCheck, SandboxProcess
 from gureum.sandbox.cgroups import CPU_PERIOD_US, CgroupTree, InstanceCgroup, NoCgroups
-from gureum.sandbox.egress import AllowList, EgressProxy
+from gureum.sandbox.egress import AllowList, EgressProxy, Handlers, splice
 from gureum.sandbox.libraries import offered_packages
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,7 @@ class LinuxSandbox:
         self._start_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._api_server: asyncio.AbstractServer | None = None
+        self._relay_handlers = Handlers()
         # pre-spawned sandboxes: pid, cgroup, and our end of the socket it waits on
         self._warm: list[tuple[int, InstanceCgroup, socket.socket]] = []
         self._warming = 0
@@ -454,26 +455,14 @@ class LinuxSandbox:
             self.api_socket.unlink()
 
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(host, port)
-            except OSError:
-                writer.close()
-                return
-
-            async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with self._relay_handlers.running():
                 try:
-                    while data := await src.read(65536):
-                        dst.write(data)
-                        await dst.drain()
-                except (ConnectionError, OSError):
+                    up_reader, up_writer = await asyncio.open_connection(host, port)
+                    await splice(reader, writer, up_reader, up_writer)
+                except OSError:
                     pass
                 finally:
-                    with contextlib.suppress(OSError, RuntimeError):
-                        dst.write_eof()
-
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-            up_writer.close()
-            writer.close()
+                    writer.close()
 
         self._api_server = await asyncio.start_unix_server(relay, path=str(self.api_socket))
         os.chmod(self.api_socket, 0o666)  # each sandbox runs as its own uid
@@ -1105,6 +1094,7 @@ class LinuxSandbox:
             self._sock.close()
         if self._api_server is not None:
             self._api_server.close()
+        await self._relay_handlers.cancel()
         for proxy in self._proxies.values():
             await proxy.close()
         for process in [*self._processes.values(), *forked]:
