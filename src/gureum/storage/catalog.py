@@ -15,12 +15,15 @@ import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from gureum.errors import S3Error
 from gureum.store import Database
@@ -169,19 +172,27 @@ _OLD_BLOB = (
 _UPDATE_OBJECT = s3_objects.update().where(
     s3_objects.c.bucket == sa.bindparam("obj_bucket"), s3_objects.c.key == sa.bindparam("obj_key")
 )
-# The same writes as plain SQLite statements, for `_put_object_sqlite` (see there).
-_SQLITE_OLD_BLOB = (
-    "SELECT s3_objects.blob FROM s3_buckets LEFT OUTER JOIN s3_objects"
-    " ON s3_objects.bucket = s3_buckets.name AND s3_objects.key = ? WHERE s3_buckets.name = ?"
-)
-_SQLITE_INSERT_OBJECT = (
-    "INSERT INTO s3_objects (blob, size, etag, last_modified, headers, bucket, key)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SQLITE_UPDATE_OBJECT = (
-    "UPDATE s3_objects SET blob = ?, size = ?, etag = ?, last_modified = ?, headers = ?"
-    " WHERE bucket = ? AND key = ?"
-)
+_OBJECT_VALUES = ("blob", "size", "etag", "last_modified", "headers")
+_INSERT_OBJECT = s3_objects.insert()
+
+
+def _qmark(
+    statement: sa.ClauseElement, columns: Sequence[str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """`statement` as SQLite text with `?` placeholders, and the parameter names in their
+    order: for `_put_object_sqlite`, which runs the same statements past SQLAlchemy."""
+    compiled = statement.compile(
+        dialect=sqlite.dialect(paramstyle="qmark"),
+        column_keys=None if columns is None else list(columns),
+    )
+    assert isinstance(compiled, SQLCompiler)
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+_SQLITE_OLD_BLOB = _qmark(_OLD_BLOB)
+_SQLITE_INSERT_OBJECT = _qmark(_INSERT_OBJECT, ("bucket", "key", *_OBJECT_VALUES))
+_SQLITE_UPDATE_OBJECT = _qmark(_UPDATE_OBJECT, _OBJECT_VALUES)
+
 # an object and its bucket in one round trip; built once, so SQLAlchemy caches it whole
 _LOOKUP = (
     sa.select(s3_buckets.c.name.label("bucket"), *[c for c in s3_objects.c if c.name != "bucket"])
@@ -368,9 +379,8 @@ class ObjectCatalog:
         return old
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
-        if self.db.dialect == "sqlite":
-            return await self._put_object_sqlite(conn, meta)
         raw = check_key(meta.key)
+        keys = {"bucket": meta.bucket, "key": raw}
         values = {
             "blob": meta.blob,
             "size": meta.size,
@@ -378,33 +388,35 @@ class ObjectCatalog:
             "last_modified": meta.last_modified,
             "headers": json.dumps(meta.headers),
         }
-        keys = {"bucket": meta.bucket, "key": raw}
+        where = {"obj_bucket": meta.bucket, "obj_key": raw}
+        if self.db.dialect == "sqlite":
+            return await self._put_object_sqlite(conn, {**keys, **values, **where})
         found = (await conn.execute(_OLD_BLOB, keys)).first()
         if found is None:
             raise no_such_bucket(meta.bucket)
         old: str | None = found.blob
         if old is None:
-            await conn.execute(s3_objects.insert(), {**keys, **values})
+            await conn.execute(_INSERT_OBJECT, {**keys, **values})
         else:
-            await conn.execute(
-                _UPDATE_OBJECT, {"obj_bucket": meta.bucket, "obj_key": raw, **values}
-            )
+            await conn.execute(_UPDATE_OBJECT, {**where, **values})
         return old
 
-    async def _put_object_sqlite(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
-        """`_put_object` straight through aiosqlite, on the transaction's own connection (so
-        in the same transaction): one round trip to its thread per statement, where
-        SQLAlchemy's adapter makes three or four (cursor, execute, fetch, close)."""
-        raw = check_key(meta.key)
+    async def _put_object_sqlite(self, conn: AsyncConnection, params: dict[str, Any]) -> str | None:
+        """`_put_object`'s statements straight through aiosqlite, on the transaction's own
+        connection (so in the same transaction): one round trip to its thread per statement,
+        where SQLAlchemy's adapter makes three or four (cursor, execute, fetch, close)."""
         driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
-        found = list(await driver.execute_fetchall(_SQLITE_OLD_BLOB, (raw, meta.bucket)))
+
+        async def run(statement: tuple[str, tuple[str, ...]]) -> list[Any]:
+            text, names = statement
+            return list(await driver.execute_fetchall(text, [params[n] for n in names]))
+
+        found = await run(_SQLITE_OLD_BLOB)
         if not found:
-            raise no_such_bucket(meta.bucket)
-        old: str | None = found[0][0]
-        values = (meta.blob, meta.size, meta.etag, meta.last_modified, json.dumps(meta.headers))
-        statement = _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT
-        await driver.execute_fetchall(statement, (*values, meta.bucket, raw))
+            raise no_such_bucket(params["bucket"])
+        old: str | None = found[0][1]
+        await run(_SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT)
         return old
 
     async def get_object(self, bucket: str, key: str) -> ObjectMeta | None:
