@@ -1,6 +1,7 @@
 """Object PUT/GET throughput: Gureum's S3 API vs nginx (WebDAV PUT, static GET), side by side.
 
-    python3 bench/objects.py [--duration S] [--payload unsigned|sha256] [--json out.json]
+    python3 bench/objects.py [--duration S] [--payload unsigned|sha256] [--sizes 1MiB ...]
+                             [--ops PUT GET] [--json out.json]
 
 Starts Gureum through bench/servers.py (one uvicorn worker) and nginx with a generated config
 (`worker_processes 1`, to match Gureum's single process) as subprocesses, then for each cell
@@ -371,6 +372,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Gureum PUTs: x-amz-content-sha256 UNSIGNED-PAYLOAD, or the body's real sha256 "
         "(which Gureum then has to hash and check)",
     )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        choices=[label.replace(" ", "") for label, *_ in SIZES],
+        help="only these object sizes (default: all)",
+    )
+    parser.add_argument("--ops", nargs="+", choices=OPS, help="only these operations")
     parser.add_argument("--json", type=Path, help="write every cell and machine info here")
     return parser.parse_args(argv)
 
@@ -401,13 +409,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{'UNSIGNED-PAYLOAD' if args.payload == 'unsigned' else 'real sha256'}). "
         f"Warm-up {WARMUP_S:.0f} s per cell, then {args.duration:g} s measured."
     )
+    sizes = [s for s in SIZES if args.sizes is None or s[0].replace(" ", "") in args.sizes]
+    ops = args.ops or OPS
     cells: list[Cell] = []
     with (
         tempfile.TemporaryDirectory(prefix="gureum-bench-objects-") as tmp,
         targets(Path(tmp)) as (nginx, gureum),
     ):
-        for size in SIZES:
-            for op in OPS:
+        for size in sizes:
+            for op in ops:
                 for target in (nginx, gureum):
                     cell = measure(target, op, size, args.duration, args.payload)
                     cells.append(cell)
