@@ -412,3 +412,25 @@ def test_reads_follow_every_kind_of_write(server: RunningServer, s3: Any, bucket
     s3.delete_bucket(Bucket=bucket)
     with pytest.raises(ClientError, match="NoSuchBucket"):
         body("src")
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="reads always go to a thread here")
+def test_reads_of_blobs_the_page_cache_lost(s3: Any, bucket: str, server: RunningServer) -> None:
+    # cached chunks are read on the event loop, the others in a worker thread: a blob the
+    # page cache dropped in part (the middle MiB) or whole still reads back exactly
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    s3.put_object(Bucket=bucket, Key="cold.bin", Body=data)
+    [blob] = blob_files(server)
+    fd = os.open(blob, os.O_RDONLY)
+    try:
+        for start, length in ((1024 * 1024, 1024 * 1024), (0, 0)):
+            os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+            with pytest.raises(BlockingIOError):  # evicted indeed
+                os.preadv(fd, [bytearray(1)], start + 1, os.RWF_NOWAIT)
+            got = s3.get_object(Bucket=bucket, Key="cold.bin")["Body"].read()
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            part = s3.get_object(Bucket=bucket, Key="cold.bin", Range="bytes=1048570-2097160")
+            assert part["Body"].read() == data[1048570:2097161]
+    finally:
+        os.close(fd)

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+# Bytes of a blob: a reader may hand out bytearrays it filled itself (no copy into a bytes);
+# nobody changes them after.
+Chunk = bytes | bytearray
+
 
 class Hash(Protocol):
     """What `BlobWriter.hash_with` feeds: hashlib's objects, a CRC32 wrapper."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: Chunk, /) -> None: ...
 
 
 class BlobWriter(Protocol):
@@ -35,7 +39,7 @@ class BlobWriter(Protocol):
         complete only when `commit` calls its `check`."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: Chunk) -> None: ...
 
     async def commit(self, check: Callable[[], None] | None = None) -> str:
         """Make the blob durable and return its id. `check` runs first, once every byte is
@@ -50,7 +54,7 @@ class BlobReader(Protocol):
     """An opened blob: iterate for its bytes in chunks (once), then `close()` — always, also
     when not iterating at all. `close()` is idempotent."""
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
 
     async def close(self) -> None: ...
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from gureum.storage.base import Hash
+from gureum.storage.base import Chunk, Hash
 
 _ID = re.compile(r"[0-9a-f]{32}")
 READ_CHUNK = 1024 * 1024
@@ -53,6 +54,8 @@ def _sync_file_range() -> Callable[[int], None] | None:
 
 
 _START_WRITEBACK = _sync_file_range()
+# preadv's flag to read only what the page cache holds (Linux 4.14+); None elsewhere
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,7 +76,7 @@ class _FileWriter:
         self._tmp = store.tmp / secrets.token_hex(16)
         self._file: BinaryIO | None = None
         self._hashes: tuple[Hash, ...] = ()
-        self._pending: list[bytes] = []
+        self._pending: list[Chunk] = []
         self._pending_size = 0
         self._batch_limit = FIRST_WRITE_BATCH
         self._writing: asyncio.Future[None] | None = None
@@ -87,7 +90,7 @@ class _FileWriter:
     def hash_with(self, hashes: Sequence[Hash]) -> None:
         self._hashes = tuple(hashes)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Chunk) -> None:
         if self._done:
             raise RuntimeError("blob writer already finished")
         self._size += len(data)
@@ -101,7 +104,7 @@ class _FileWriter:
                 None, self._write_batch, batch
             )
 
-    def _take(self) -> list[bytes]:
+    def _take(self) -> list[Chunk]:
         batch, self._pending, self._pending_size = self._pending, [], 0
         return batch
 
@@ -110,7 +113,7 @@ class _FileWriter:
         if writing is not None:
             await writing
 
-    def _write_sync(self, batch: list[bytes]) -> BinaryIO:
+    def _write_sync(self, batch: list[Chunk]) -> BinaryIO:
         if self._file is None:
             self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         write, hashes = self._file.write, self._hashes
@@ -120,7 +123,7 @@ class _FileWriter:
             write(chunk)
         return self._file
 
-    def _write_batch(self, batch: list[bytes]) -> None:
+    def _write_batch(self, batch: list[Chunk]) -> None:
         file = self._write_sync(batch)
         if _START_WRITEBACK is not None:
             # the disk starts on this batch now, so commit's fsync has less left to wait for
@@ -141,7 +144,7 @@ class _FileWriter:
         return blob_id
 
     def _commit_sync(
-        self, batch: list[bytes], blob_id: str, check: Callable[[], None] | None
+        self, batch: list[Chunk], blob_id: str, check: Callable[[], None] | None
     ) -> None:
         self._write_sync(batch)
         if check is not None:
@@ -168,44 +171,80 @@ class _FileWriter:
             await asyncio.to_thread(self._tmp.unlink)
 
 
+def _read_cached(fd: int, offset: int, size: int) -> bytearray | None:
+    """Up to `size` bytes at `offset` that the page cache holds, read without waiting for
+    the disk (preadv with RWF_NOWAIT); None when the first of them is not cached, or where
+    the kernel or file system cannot tell (then a worker thread reads them)."""
+    if _NOWAIT is None:
+        return None
+    buffer = bytearray(size)
+    try:
+        got = os.preadv(fd, [buffer], offset, _NOWAIT)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    if got == 0:
+        return None  # not at the end (the caller knows the length): nothing cached
+    if got < size:
+        del buffer[got:]
+    return buffer
+
+
+def _read(fd: int, offset: int, size: int) -> bytes:
+    return os.pread(fd, size, offset)
+
+
 class _FileReader:
-    """A `BlobReader` over an open file: reads `READ_CHUNK`s in a worker thread, the next one
-    while the caller sends the current one."""
+    """A `BlobReader` over an open file: each chunk of up to `READ_CHUNK` is read on the
+    event loop when the page cache holds it (a cached MiB takes ~0.1 ms, less than the
+    thread hop it saves), else in a worker thread, which never blocks the loop on the disk.
+    A chunk is read when the caller asks for it, so a chunk the disk must provide is read
+    while the server still sends the one before."""
 
-    def __init__(self, file: BinaryIO, length: int, first: bytes) -> None:
-        self._file = file
-        self._remaining = length - len(first)
-        self._first: bytes | None = first
-        self._next: asyncio.Future[bytes] | None = None
-
-    def _read(self) -> bytes:
-        chunk = self._file.read(min(READ_CHUNK, self._remaining))
-        self._remaining -= len(chunk)
-        return chunk
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        self._fd: int | None = fd
+        self._offset = start
+        self._remaining = length
+        self._reading: asyncio.Future[bytes] | None = None
 
     def __aiter__(self) -> _FileReader:
         return self
 
-    async def __anext__(self) -> bytes:
-        if self._first is not None:
-            chunk, self._first = self._first, None
-        elif self._next is not None:
-            following, self._next = self._next, None
-            chunk = await following
-        else:
-            chunk = b""
-        if not chunk:
+    async def __anext__(self) -> Chunk:
+        if self._fd is None or self._remaining <= 0:
             raise StopAsyncIteration
-        if self._remaining > 0:
-            self._next = asyncio.get_running_loop().run_in_executor(None, self._read)
+        size = min(READ_CHUNK, self._remaining)
+        chunk: Chunk | None = _read_cached(self._fd, self._offset, size)
+        if chunk is None:
+            self._reading = asyncio.get_running_loop().run_in_executor(
+                None, _read, self._fd, self._offset, size
+            )
+            # shielded: if the caller is cancelled, the read still ends before `close`
+            # closes its fd
+            chunk = await asyncio.shield(self._reading)
+            self._reading = None
+        if not chunk:  # shorter than its length: cannot happen to an immutable blob
+            raise StopAsyncIteration
+        self._offset += len(chunk)
+        self._remaining -= len(chunk)
         return chunk
 
     async def close(self) -> None:
-        following, self._next = self._next, None
-        if following is not None:
-            with contextlib.suppress(Exception):
-                await following  # never close the file under a reading thread
-        self._file.close()
+        fd, self._fd = self._fd, None
+        reading, self._reading = self._reading, None
+        if fd is None:
+            return
+        if reading is None or reading.done():
+            os.close(fd)
+            return
+
+        def close_after_read(read: asyncio.Future[bytes]) -> None:
+            if not read.cancelled():
+                read.exception()  # seen: a failed read of a reader closed early is no news
+            os.close(fd)
+
+        reading.add_done_callback(close_after_read)  # never close the fd under a thread
 
 
 class FileBlobStore:
@@ -214,6 +253,7 @@ class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = root / "blobs"
+        self._blobs = str(self.blobs)
         self.tmp = root / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         # blobs being written when a previous process died are garbage now
@@ -221,9 +261,13 @@ class FileBlobStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, blob_id: str) -> Path:
+        return Path(self._file(blob_id))
+
+    def _file(self, blob_id: str) -> str:
+        """`path` as a string, built without pathlib (on every GET)."""
         if not _ID.fullmatch(blob_id):
             raise ValueError(f"not a blob id: {blob_id!r}")
-        return self.blobs / blob_id[:2] / blob_id
+        return f"{self._blobs}/{blob_id[:2]}/{blob_id}"
 
     def writer(self) -> _FileWriter:
         return _FileWriter(self)
@@ -231,25 +275,19 @@ class FileBlobStore:
     async def open(
         self, blob_id: str, start: int = 0, length: int | None = None
     ) -> _FileReader | None:
-        path = self.path(blob_id)
-
-        def open_and_read() -> tuple[BinaryIO, int, bytes]:
-            file = open(path, "rb")  # noqa: SIM115 - the reader closes it
-            try:
-                size = os.fstat(file.fileno()).st_size
-                wanted = max(0, size - start) if length is None else length
-                if start:
-                    file.seek(start)
-                return file, wanted, file.read(min(READ_CHUNK, wanted))
-            except BaseException:
-                file.close()
-                raise
-
+        # opened on the event loop: a recently used blob's inode is cached (like nginx's
+        # open without its thread pool); its bytes are read as `_FileReader` says
         try:
-            file, wanted, first = await asyncio.to_thread(open_and_read)
+            fd = os.open(self._file(blob_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        return _FileReader(file, wanted, first)
+        try:
+            size = os.fstat(fd).st_size
+        except BaseException:
+            os.close(fd)
+            raise
+        wanted = max(0, size - start) if length is None else length
+        return _FileReader(fd, start, wanted)
 
     async def copy(self, blob_id: str) -> str | None:
         new_id = secrets.token_hex(16)

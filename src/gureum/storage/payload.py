@@ -25,7 +25,7 @@ from typing import Protocol
 from starlette.types import Receive
 
 from gureum.errors import S3Error
-from gureum.storage.base import BlobWriter
+from gureum.storage.base import BlobWriter, Chunk
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
@@ -37,7 +37,7 @@ _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-chec
 
 
 class _Checksum(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: Chunk, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -46,7 +46,7 @@ class _Crc32:
     def __init__(self) -> None:
         self.value = 0
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: Chunk, /) -> None:
         self.value = zlib.crc32(data, self.value)
 
     def digest(self) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -15,7 +16,7 @@ from starlette.types import Receive, Scope
 
 from gureum.errors import S3Error
 from gureum.iam.sigv4 import Identity, SecretLookup
-from gureum.storage.base import BlobWriter, Hash
+from gureum.storage.base import BlobWriter, Chunk, Hash
 from gureum.storage.catalog import Headers
 from gureum.storage.objects import WriteContext
 from gureum.storage.payload import ChunkSigning, Verify, receive_body
@@ -49,7 +50,7 @@ class _MemoryWriter:
     def hash_with(self, hashes: Sequence[Hash]) -> None:
         self._hashes = hashes
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: Chunk) -> None:
         for digest in self._hashes:
             digest.update(data)
         self.data += data
@@ -218,7 +219,13 @@ def virtual_host_suffixes(endpoint_host: str) -> tuple[str, ...]:
 
 
 def http_date(epoch: float) -> str:
-    return format_datetime(datetime.fromtimestamp(int(epoch), UTC), usegmt=True)
+    return _http_date(int(epoch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    # cached: every GET of an object formats the same Last-Modified (email.utils is slow)
+    return format_datetime(datetime.fromtimestamp(seconds, UTC), usegmt=True)
 
 
 def iso_date(epoch: float) -> str:
