@@ -527,6 +527,47 @@ def test_init_that_hangs_times_out(code_dir: Path, monkeypatch: pytest.MonkeyPat
     assert pid_is_dead(int((code_dir / "init.pid").read_text()))
 
 
+def test_invoke_sent_during_init_runs_after_it_with_all_its_time(code_dir: Path) -> None:
+    # the instance pool sends a new instance's first invoke before its init ends
+    write(
+        code_dir,
+        "import time\ntime.sleep(0.5)\n"
+        "def handler(event, context):\n    return context.get_remaining_time_in_millis()\n",
+    )
+
+    async def main() -> tuple[Instance, InvokeOutcome]:
+        instance = await Instance.spawn(ProcessSandbox([]), make_spec(code_dir))
+        try:
+            assert not instance.initialised
+            return instance, await invoke(instance, {}, timeout_s=1.0)
+        finally:
+            await instance.close()
+
+    instance, outcome = run(main())
+
+    assert outcome.status == "success", outcome
+    assert 900 < json.loads(outcome.payload) <= 1000  # the init's 0.5 s is not charged to it
+    assert instance.initialised and instance.init_ms >= 500
+
+
+def test_invoke_sent_during_a_failing_init_raises_init_failed(code_dir: Path) -> None:
+    write(code_dir, "raise RuntimeError('no config')\n")
+
+    async def main() -> Instance:
+        instance = await Instance.spawn(ProcessSandbox([]), make_spec(code_dir))
+        with pytest.raises(InitFailed) as failed:
+            await invoke(instance, {})
+        assert failed.value.error["errorType"] == "RuntimeError"
+        assert failed.value.error["errorMessage"] == "no config"
+        return instance
+
+    instance = run(main())
+
+    assert not instance.alive
+    with pytest.raises(SandboxError):
+        run(invoke(instance, {}))
+
+
 # ---- memory -------------------------------------------------------------------------------
 
 

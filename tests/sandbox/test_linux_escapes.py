@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gureum.sandbox.linux import host_supports_linux_sandbox
+from gureum.sandbox.linux import LinuxSandbox, host_supports_linux_sandbox
 from tests.conftest import RunningServer, free_port, make_settings, make_zip, start_server
 
 USABLE, WHY = host_supports_linux_sandbox()
@@ -264,6 +264,36 @@ def test_memory_limit_is_enforced_and_reported(linux_server: RunningServer) -> N
     assert result["errorType"] == "Runtime.OutOfMemory", result
     # the replacement instance works
     assert _invoke(linux_server, "small", {"action": "memory", "mb": 16}) == (16 << 20, None)
+    _healthy(linux_server)
+
+
+def test_memory_limit_holds_from_the_first_line_of_function_code(
+    linux_server: RunningServer,
+) -> None:
+    # a pre-spawned sandbox gets its limits while it builds itself; no function code (here,
+    # the module's import) runs before they are in force
+    hog = "HOG = bytearray(400 << 20)\nfor i in range(0, len(HOG), 4096):\n    HOG[i] = 1\n"
+    code = make_zip({"app.py": hog + "def handler(event, context):\n    return len(HOG)\n"})
+    linux_server.client("lambda").create_function(
+        FunctionName="greedy",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": code},
+        MemorySize=128,
+        Timeout=10,
+    )
+    sandbox = linux_server.platform.sandbox
+    assert isinstance(sandbox, LinuxSandbox)
+    _healthy(linux_server)  # the zygote is up and refills its pre-spawned sandboxes
+    deadline = time.monotonic() + 5
+    while sandbox.spare_count() == 0:
+        assert time.monotonic() < deadline, "no pre-spawned sandbox"
+        time.sleep(0.01)
+    result, error = _invoke(linux_server, "greedy", {})
+    assert error == "Unhandled"
+    assert result["errorType"] == "Runtime.OutOfMemory", result
+    assert "during init" in result["errorMessage"]
     _healthy(linux_server)
 
 

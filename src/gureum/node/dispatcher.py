@@ -181,6 +181,16 @@ class Dispatcher:
             lease = await self.pool.acquire(
                 key, limit, lambda: self._spec(config), config.min_instances
             )
+            try:
+                outcome = await lease.instance.invoke(
+                    request_id,
+                    payload,
+                    invoked_arn=arn,
+                    timeout_s=float(config.timeout_s),
+                    client_context=client_context,
+                )
+            finally:
+                await self.pool.release(lease)
         except InitFailed as exc:
             error = {**exc.error, "requestId": request_id}
             outcome = InvokeOutcome(
@@ -195,16 +205,6 @@ class Dispatcher:
                 config, request_id, trigger, admitted, 0.0, exc.init_ms, True, outcome, b""
             )
         instance = lease.instance
-        try:
-            outcome = await instance.invoke(
-                request_id,
-                payload,
-                invoked_arn=arn,
-                timeout_s=float(config.timeout_s),
-                client_context=client_context,
-            )
-        finally:
-            await self.pool.release(lease)
         if outcome.status == "success" and len(outcome.payload) > MAX_RESPONSE_BYTES:
             message = (
                 f"Response payload size ({len(outcome.payload)} bytes) exceeded maximum "

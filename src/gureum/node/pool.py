@@ -117,7 +117,9 @@ class InstancePool:
         """Admit one invocation and hand it a warm or newly started instance.
 
         Raises TooManyRequests when the function is at `limit` and the wait queue is full or
-        the wait ran out; raises InitFailed / SandboxError when a new instance fails to start.
+        the wait ran out; raises SandboxError when a new instance fails to start. A new
+        instance is handed over still initialising: its first `invoke()` raises InitFailed if
+        the init fails.
         """
         function_key = version_key[:2]
         slots = self._slots.setdefault(function_key, _FunctionSlots())
@@ -143,7 +145,8 @@ class InstancePool:
             await self._make_room()
             self._instances += 1
             try:
-                instance = await Instance.start(self.sandbox, _named(make_spec(), version_key))
+                # its init finishes under the lease's first invoke (InitFailed comes from there)
+                instance = await Instance.spawn(self.sandbox, _named(make_spec(), version_key))
             except BaseException:
                 self._instances -= 1
                 raise

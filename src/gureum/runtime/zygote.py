@@ -73,6 +73,9 @@ bootstrap = _load("_gureum_bootstrap", os.path.join(_HERE, "bootstrap.py"))
 policy = _load("_gureum_seccomp_policy", os.path.join(_HERE, "seccomp_policy.py"))
 
 libc = ctypes.CDLL(None, use_errno=True)
+# resolved once here rather than in every sandbox (a first lookup builds and caches the wrapper)
+for _symbol in ("mount", "umount2", "syscall", "sethostname", "prctl", "unshare"):
+    getattr(libc, _symbol)
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWCGROUP = 0x02000000
@@ -84,6 +87,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+PR_GET_NO_NEW_PRIVS = 39
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), 155)
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -95,6 +99,7 @@ SANDBOX_UID = 1000  # rootless: the server's uid, as seen inside the user namesp
 ST_FLAGS_TO_KEEP = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | 1024 | 2048  # +atime bits
 ST_RELATIME, MS_RELATIME = 4096, 1 << 21
 TMP_FD = bootstrap.TMP_FD  # a template's instances reach their private /tmp through it
+GO_FD = TMP_FD - 1  # a pre-spawned sandbox's slot, while it waits for its limits
 
 
 def _check(result: int, what: str) -> None:
@@ -184,7 +189,8 @@ def _hide(path: str) -> None:
 
 
 def _prepare_root(plan: dict[str, Any]) -> None:
-    """Stage 1, function-independent: a tmpfs root with the runtime bound in, /dev, /proc."""
+    """Stage 1, function-independent: a tmpfs root with the runtime bound in, /dev, /proc,
+    /etc (its users name the sandbox's uid, chosen with it)."""
     root = plan["root"]
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("gureum-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
@@ -200,10 +206,17 @@ def _prepare_root(plan: dict[str, Any]) -> None:
     os.symlink("/proc/self/fd", root + "/dev/fd")
     _mkdirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mkdirs(root + "/etc")
+    for name, content in plan["etc"].items():
+        fd = os.open(f"{root}/etc/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
 
 
 def _finish_root(plan: dict[str, Any]) -> None:
-    """Stage 2, per function: its code, /tmp, /etc, the platform socket; then pivot_root."""
+    """Stage 2, per function: its code, /tmp, the platform socket; then pivot_root."""
     root = plan["root"]
     for source, target in plan["function_binds"]:
         _bind(source, root + target)
@@ -223,10 +236,6 @@ def _finish_root(plan: dict[str, Any]) -> None:
         _bind(source, root + target)
     for target in plan["late_hide"]:
         _hide(root + target)
-    _mkdirs(root + "/etc")
-    for name, content in plan["etc"].items():
-        with open(f"{root}/etc/{name}", "w") as handle:
-            handle.write(content)
     # pivot_root(".", "."): the old root ends up stacked under the new one; detach it
     os.chdir(root)
     _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
@@ -235,14 +244,14 @@ def _finish_root(plan: dict[str, Any]) -> None:
     _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
 def _load_bpf(program: bytes) -> None:
     """Install a compiled seccomp program (needs no_new_privs). Irreversible."""
     buffer = ctypes.create_string_buffer(program, len(program))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    fprog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
@@ -320,9 +329,22 @@ def _forwarder(port: int, socket_path: str) -> socket.socket:
 Filters = dict[tuple[bool, bool], bytes]  # (deny inet, template) → BPF program
 
 
-def _instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
+def _keep_only(fds: list[int]) -> None:
+    """Close every descriptor from 4 up except `fds`."""
+    low = 4
+    for fd in sorted(fds):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
+def _instance(
+    plan: dict[str, Any], fds: list[int], filters: Filters, go: int | None = None
+) -> None:
     """Stage 2 in B, PID 1 of the new namespaces: finish the sandbox, run the shim. Never
-    returns. `fds`: control socket, log pipe and, for a template, its /tmp."""
+    returns. `fds`: control socket, log pipe and, for a template, its /tmp. With `go` (a
+    socket), wait for a byte on it before any function code runs: the agent sets the cgroup's
+    limits while this builds the sandbox."""
     template = bool(plan.get("template"))
     try:
         control_fd, log_fd = fds[0], fds[1]
@@ -331,12 +353,14 @@ def _instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(control_fd, 3)
+        kept = []
         if template:
             os.dup2(fds[2], TMP_FD)
-            os.closerange(4, TMP_FD)
-            os.closerange(TMP_FD + 1, 65536)
-        else:
-            os.closerange(4, 65536)
+            kept.append(TMP_FD)
+        if go is not None:
+            os.dup2(go, GO_FD)
+            kept.append(GO_FD)
+        _keep_only(kept)
         os.set_inheritable(3, True)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -367,6 +391,14 @@ def _instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> None:
             )
         finally:
             os._exit(125)
+    if go is not None:
+        try:
+            ready = os.read(GO_FD, 1) == b"g"
+        except OSError:
+            ready = False
+        if not ready:
+            os._exit(0)  # the agent gave up on this instance
+        os.close(GO_FD)
     args = ["--control-fd", "3", *(a for p in plan["paths"] for a in ("--path", p))]
     if template:
         ports = [str(port) for port, _ in plan["forwarders"]]
@@ -389,19 +421,33 @@ def _cold_instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> No
     _instance(plan, fds, filters)
 
 
+def _rehearse() -> None:
+    """While a pre-spawned sandbox waits: run what its function stage will, where that has no
+    effect, so that the pages it touches are copied now rather than on the cold start (see
+    `bootstrap.prepare`). The environment is cleared for real: the function's replaces it."""
+    os.environ.clear()
+    os.environ["GUREUM_REHEARSAL"] = "1"
+    del os.environ["GUREUM_REHEARSAL"]
+    program = bytes(8)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+
+
 def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) -> None:
     """B of a pre-spawned sandbox: build stage 1, then wait for the function's plan."""
     try:
         _prepare_root(plan)
         _empty_bounding_set()
+        _rehearse()
+        bootstrap.prepare()
         request = _recv_request(slot)
     except BaseException:
         os._exit(124)
     if request is None:
         os._exit(0)  # never used: the zygote went away
     header, fds = request
-    slot.close()
-    _instance({**plan, **header["plan"]}, fds, filters)
+    _instance({**plan, **header["plan"]}, fds, filters, go=slot.detach())
 
 
 # ---- the zygote loop ------------------------------------------------------------------------

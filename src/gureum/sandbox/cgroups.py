@@ -3,8 +3,9 @@
 `CgroupTree.detect()` picks the layout once: v2 when the unified hierarchy has the memory,
 pids and cpu controllers (v2-only hosts, or hybrid hosts that delegate them), else v1 when the
 memory, pids, cpu and freezer controllers are mounted, else None (no cgroup isolation).
-Instance cgroups are created ahead of need (`prepare()`), configured at spawn (`limit()`), and
-removed off the request path after the instance dies (`remove()`).
+Instance cgroups are created ahead of need with what every instance shares (`prepare()`),
+given the function's limits at spawn (`limit()`), and removed off the request path after the
+instance dies (`remove()`).
 """
 
 from __future__ import annotations
@@ -70,27 +71,35 @@ class InstanceCgroup:
         for path in self.procs_files:
             _write(Path(path), str(pid))
 
-    def limit(self, memory_mb: int, pids_max: int) -> None:
+    def share(self, pids_max: int) -> None:
+        """The settings every instance gets (process limit, no swap, the CPU period): set
+        when the cgroup is prepared, off the request path."""
+        if self.version == 2:
+            d = self.dirs["unified"]
+            with contextlib.suppress(FileNotFoundError):
+                _write(d / "memory.swap.max", "0")
+            _write(d / "pids.max", str(pids_max))
+            return
+        # without swap accounting (memsw) the kernel has no swap limit to set; swappiness 0
+        # keeps the instance's pages in memory instead
+        with contextlib.suppress(OSError):
+            _write(self.dirs["memory"] / "memory.swappiness", "0")
+        _write(self.dirs["pids"] / "pids.max", str(pids_max))
+        _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+
+    def limit(self, memory_mb: int) -> None:
+        """The function's own limits: memory (and memory + swap on v1) and CPU quota."""
         memory = str(memory_mb * MB)
         quota = str(cpu_quota_us(memory_mb))
         if self.version == 2:
             d = self.dirs["unified"]
             _write(d / "memory.max", memory)
-            with contextlib.suppress(FileNotFoundError):
-                _write(d / "memory.swap.max", "0")
-            _write(d / "pids.max", str(pids_max))
             _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
             return
         mem = self.dirs["memory"]
         _write(mem / "memory.limit_in_bytes", memory)
-        # without swap accounting (memsw) the kernel has no swap limit to set; swappiness 0
-        # keeps the instance's pages in memory instead
         if (mem / "memory.memsw.limit_in_bytes").exists():
             _write(mem / "memory.memsw.limit_in_bytes", memory)
-        with contextlib.suppress(OSError):
-            _write(mem / "memory.swappiness", "0")
-        _write(self.dirs["pids"] / "pids.max", str(pids_max))
-        _write(self.dirs["cpu"] / "cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(self.dirs["cpu"] / "cpu.cfs_quota_us", quota)
 
     def set_cpu_quota(self, quota_us: int) -> None:
@@ -259,8 +268,8 @@ class CgroupTree:
                 return candidate
         return None
 
-    def prepare(self) -> InstanceCgroup:
-        """Create a fresh, empty instance cgroup."""
+    def prepare(self, pids_max: int) -> InstanceCgroup:
+        """Create a fresh, empty instance cgroup with the shared settings (`share()`)."""
         self._counter += 1
         name = f"i{os.getpid()}-{self._counter}"
         dirs: dict[str, Path] = {}
@@ -268,7 +277,9 @@ class CgroupTree:
             path = base / name
             path.mkdir()
             dirs[controller] = path
-        return InstanceCgroup(name, self.version, dirs)
+        group = InstanceCgroup(name, self.version, dirs)
+        group.share(pids_max)
+        return group
 
     def sweep(self) -> int:
         """Remove instance cgroups left by earlier runs of this host's Gureum; return count."""
@@ -294,7 +305,10 @@ class NoCgroup(InstanceCgroup):
     def join(self, pid: int) -> None:
         return None
 
-    def limit(self, memory_mb: int, pids_max: int) -> None:
+    def share(self, pids_max: int) -> None:
+        return None
+
+    def limit(self, memory_mb: int) -> None:
         return None
 
     def set_cpu_quota(self, quota_us: int) -> None:
@@ -319,7 +333,7 @@ class NoCgroups(CgroupTree):
     def __init__(self) -> None:
         super().__init__(0, {})
 
-    def prepare(self) -> InstanceCgroup:
+    def prepare(self, pids_max: int) -> InstanceCgroup:
         return NoCgroup()
 
     def sweep(self) -> int:

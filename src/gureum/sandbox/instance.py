@@ -208,7 +208,8 @@ class _ControlChannel(asyncio.Protocol):
 
 
 class Instance:
-    """A started, initialised instance. Create with `Instance.start()`."""
+    """A sandboxed instance of a function. Create with `Instance.start()` (initialised) or
+    `Instance.spawn()` (init still running)."""
 
     def __init__(
         self,
@@ -230,6 +231,8 @@ class Instance:
         self._exited.add_done_callback(self._process_exited)
         self._busy = False
         self.alive = True
+        self.initialised = False
+        self._spawned_at = time.perf_counter()
         self.init_ms = 0.0
         self.init_log = b""
         self.invocations = 0
@@ -239,6 +242,15 @@ class Instance:
     @classmethod
     async def start(cls, sandbox: Sandbox, spec: InstanceSpec) -> Instance:
         """Spawn and initialise an instance; raise InitFailed or SandboxError."""
+        instance = await cls.spawn(sandbox, spec)
+        await instance.initialise()
+        return instance
+
+    @classmethod
+    async def spawn(cls, sandbox: Sandbox, spec: InstanceSpec) -> Instance:
+        """Start an instance without waiting for its init: `initialise()` waits for it, and the
+        first `invoke()` may be sent before (the runtime reads it as soon as init is done, which
+        saves a round trip on every cold start). Raises SandboxError."""
         loop = asyncio.get_running_loop()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_read, log_write = os.pipe()
@@ -265,10 +277,19 @@ class Instance:
                 log_transport.close()
             raise
         instance = cls(spec, process, control, logs, log_transport)
+        instance._spawned_at = started
+        return instance
+
+    async def initialise(self) -> None:
+        """Wait for the instance's init to finish (at once if it has); raise InitFailed, after
+        which the instance is closed."""
+        if self.initialised:
+            return
+        logs = self._logs
         try:
-            header, payload = await instance._recv_or_exit(INIT_TIMEOUT_S)
+            header, payload = await self._recv_or_exit(INIT_TIMEOUT_S)
         except TimeoutError:
-            await instance._stop()
+            await self._stop()
             error = {
                 "errorMessage": f"Init phase exceeded {INIT_TIMEOUT_S:.0f} seconds",
                 "errorType": "Runtime.InitTimeout",
@@ -277,28 +298,32 @@ class Instance:
             }
             raise InitFailed(error, logs.rest(), INIT_TIMEOUT_S * 1000) from None
         except (EOFError, ConnectionError, protocol.ProtocolError):
-            status = await instance._exit_status()
-            await instance._stop()
+            status = await self._exit_status()
+            await self._stop()
+            fault_type = self.process.fault() or "Runtime.ExitError"
+            if fault_type == "Runtime.OutOfMemory":
+                status = "signal: killed (out of memory)"
             error = {
                 "errorMessage": f"Runtime exited during init: {status}",
-                "errorType": "Runtime.ExitError",
+                "errorType": fault_type,
                 "requestId": "",
                 "stackTrace": [],
             }
-            raise InitFailed(error, logs.rest(), (time.perf_counter() - started) * 1000) from None
+            init_ms = (time.perf_counter() - self._spawned_at) * 1000
+            raise InitFailed(error, logs.rest(), init_ms) from None
         except BaseException:
-            instance._kill()  # cancelled: never leave a half-started instance running
+            self._kill()  # cancelled: never leave a half-started instance running
             raise
-        instance.init_ms = (time.perf_counter() - started) * 1000
-        instance.init_log = await instance._log_segment(logs.init)
+        self.init_ms = (time.perf_counter() - self._spawned_at) * 1000
+        self.init_log = await self._log_segment(logs.init)
         if header.get("t") != "ready":
-            await instance.close()
+            await self.close()
             try:
                 error = json.loads(payload)
             except ValueError:
                 error = {"errorMessage": "init failed", "errorType": "Runtime.Unknown"}
-            raise InitFailed(error, instance.init_log, instance.init_ms)
-        return instance
+            raise InitFailed(error, self.init_log, self.init_ms)
+        self.initialised = True
 
     async def invoke(
         self,
@@ -312,8 +337,10 @@ class Instance:
     ) -> InvokeOutcome:
         """Run one invocation. Never raises for function faults: they become the outcome.
 
-        Raises SandboxError when the instance is dead or busy. If the caller is cancelled
-        mid-invocation the instance is killed, since its reply could reach the next caller.
+        Raises SandboxError when the instance is dead or busy, and InitFailed when it was
+        sent before the instance's init finished and the init failed. If the caller is
+        cancelled mid-invocation the instance is killed, since its reply could reach the next
+        caller.
         """
         if not self.alive:
             raise SandboxError("instance is no longer alive")
@@ -321,11 +348,10 @@ class Instance:
             raise SandboxError("instance is already running an invocation")
         self._busy = True
         self.invocations += 1
-        deadline_ms = int((time.time() + timeout_s) * 1000)
         header = {
             "t": "invoke",
             "id": request_id,
-            "deadline": deadline_ms,
+            "timeout_ms": int(timeout_s * 1000),
             "arn": invoked_arn,
             "client_context": client_context,
             "identity": identity,
@@ -337,6 +363,9 @@ class Instance:
                 if self._control.is_closing():
                     raise ConnectionResetError("the instance has exited")
                 self._control.write(protocol.encode(header, event))
+                if not self.initialised:
+                    await self.initialise()
+                    started = time.perf_counter()
                 reply, payload = await self._recv_or_exit(timeout_s)
                 if reply.get("t") != "result" or reply.get("id") != request_id:
                     raise protocol.ProtocolError(f"unexpected reply {reply!r}")

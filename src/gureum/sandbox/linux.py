@@ -255,6 +255,16 @@ class _LinuxProcess:
         return "Runtime.OutOfMemory" if self.oom_killed else None
 
 
+@dataclass
+class _Spare:
+    """A pre-spawned sandbox: root built, waiting on `slot` for its function's plan."""
+
+    pid: int
+    cgroup: InstanceCgroup
+    slot: socket.socket
+    uid: int
+
+
 class _DiscardLog(asyncio.Protocol):
     """A template's own log: import-time output, kept short for a warning if it fails."""
 
@@ -362,7 +372,7 @@ class LinuxSandbox:
         self._api_server: asyncio.AbstractServer | None = None
         self._relay_handlers = Handlers()
         # pre-spawned sandboxes: pid, cgroup, and our end of the socket it waits on
-        self._warm: list[tuple[int, InstanceCgroup, socket.socket]] = []
+        self._warm: list[_Spare] = []
         self._warming = 0
         self._closing = False
         self._proxies: dict[str, EgressProxy] = {}  # by allow-list key
@@ -503,11 +513,12 @@ class LinuxSandbox:
             pid, status = int(header["pid"]), int(header["status"])
             process = self._processes.pop(pid, None)
             if process is None:
-                for index, (warm_pid, cgroup, slot) in enumerate(self._warm):
-                    if warm_pid == pid:  # a pre-spawned sandbox died unused
+                for index, spare in enumerate(self._warm):
+                    if spare.pid == pid:  # a pre-spawned sandbox died unused
                         del self._warm[index]
-                        slot.close()
-                        self._in_background(asyncio.to_thread(cgroup.remove))
+                        spare.slot.close()
+                        self._uids.discard(spare.uid)
+                        self._in_background(asyncio.to_thread(spare.cgroup.remove))
                         return
                 self._early_exits[pid] = status
                 return
@@ -592,9 +603,20 @@ class LinuxSandbox:
                 return uid
         raise SandboxError("no free sandbox uid")
 
-    def _warm_plan(self, cgroup: InstanceCgroup) -> dict[str, Any]:
+    def _warm_plan(self, cgroup: InstanceCgroup, uid: int) -> dict[str, Any]:
         """Everything a pre-spawned sandbox needs before it knows its function."""
-        return {**self._static, "root": str(self.root_dir), "cgroup_procs": cgroup.procs_files}
+        if self.rootless:
+            uid = ROOTLESS_UID  # the one uid mapped in its user namespace
+        return {
+            **self._static,
+            "root": str(self.root_dir),
+            "cgroup_procs": cgroup.procs_files,
+            "etc": {
+                "passwd": f"root:x:0:0::/root:/sbin/nologin\nsbx:x:{uid}:{uid}::/tmp:/bin/false\n",
+                "group": f"root:x:0:\nsbx:x:{uid}:\n",
+                "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+            },
+        }
 
     def _function_plan(self, spec: InstanceSpec, uid: int) -> dict[str, Any]:
         """The per-function rest of a sandbox's plan."""
@@ -616,11 +638,6 @@ class LinuxSandbox:
         return {
             "function_binds": binds,
             "tmp_mb": spec.ephemeral_mb,
-            "etc": {
-                "passwd": f"root:x:0:0::/root:/sbin/nologin\nsbx:x:{uid}:{uid}::/tmp:/bin/false\n",
-                "group": f"root:x:0:\nsbx:x:{uid}:\n",
-                "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-            },
             "network": spec.network,
             "forwarders": forwarders,
             "rlimits": self._rlimits(spec),
@@ -687,21 +704,25 @@ class LinuxSandbox:
         self._in_background(self._fill_warm(REFILL_DELAY_S))
         slot: socket.socket | None = None
         if warm is not None:
-            pid, cgroup, slot = warm
+            pid, cgroup, slot, uid = warm.pid, warm.cgroup, warm.slot, warm.uid
         else:
-            pid, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare)
-        uid = self._allocate_uid()
+            pid, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare, PIDS_MAX)
+            uid = self._allocate_uid()
         try:
-            cgroup.limit(spec.memory_mb, PIDS_MAX)
             plan = self._function_plan(spec, uid)
             if len(fds) == 3:
                 plan["template"] = True
             if slot is not None:  # straight to the waiting sandbox, not through the zygote
                 frame = protocol.encode({"t": "plan", "plan": plan})
                 await self._send_with_fds(frame, fds, slot)
+                # it builds its sandbox meanwhile, and runs no function code before the go
+                cgroup.limit(spec.memory_mb)
+                with contextlib.suppress(OSError):  # it died: its control channel says why
+                    slot.send(b"g")
                 slot.close()
             else:
-                plan.update(self._warm_plan(cgroup))
+                cgroup.limit(spec.memory_mb)
+                plan.update(self._warm_plan(cgroup, uid))
                 pid = await self._request({"t": "spawn", "plan": plan}, fds)
         except BaseException as exc:
             self._uids.discard(uid)
@@ -907,7 +928,7 @@ class LinuxSandbox:
         """Fork a child of `template`, move it into its own new cgroup, let it go on to
         confine itself; return its pid in the template's namespace. It awaits activation."""
         assert template.process is not None
-        cgroup = self.cgroups.prepare()  # four mkdirs: cheaper than a trip to a thread
+        cgroup = self.cgroups.prepare(PIDS_MAX)  # cheaper than a trip to a thread
         request_id = next(self._ids)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         template.forks[request_id] = future
@@ -916,7 +937,7 @@ class LinuxSandbox:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._size_template(template)
-            cgroup.limit(template.memory_mb, PIDS_MAX)
+            cgroup.limit(template.memory_mb)
             try:
                 header = {"t": "fork", "id": request_id}
                 await self._send_to_template(template, header, [theirs.fileno()])
@@ -1026,6 +1047,10 @@ class LinuxSandbox:
                 if idle or now - template.created > TEMPLATE_MAX_AGE_S:
                     self._retire(template)
 
+    def spare_count(self) -> int:
+        """Pre-spawned sandboxes ready for a cold start."""
+        return len(self._warm)
+
     def template_count(self) -> int:
         return len(self._templates)
 
@@ -1041,13 +1066,15 @@ class LinuxSandbox:
         while len(self._warm) + self._warming < self.warm_target:
             self._warming += 1
             cgroup = None
+            uid = self._allocate_uid()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                cgroup = await asyncio.to_thread(self.cgroups.prepare)
-                request = {"t": "warm", "plan": self._warm_plan(cgroup)}
+                cgroup = await asyncio.to_thread(self.cgroups.prepare, PIDS_MAX)
+                request = {"t": "warm", "plan": self._warm_plan(cgroup, uid)}
                 pid = await self._request(request, [theirs.fileno()])
             except (OSError, SandboxError, TimeoutError) as exc:
                 ours.close()
+                self._uids.discard(uid)
                 if not self._closing:
                     log.warning("could not pre-spawn a sandbox: %s", exc)
                 if cgroup is not None:
@@ -1056,7 +1083,7 @@ class LinuxSandbox:
             finally:
                 theirs.close()
                 self._warming -= 1
-            self._warm.append((pid, cgroup, ours))
+            self._warm.append(_Spare(pid, cgroup, ours, uid))
 
     async def _send_with_fds(
         self, frame: bytes, fds: list[int], sock: socket.socket | None = None
@@ -1101,11 +1128,11 @@ class LinuxSandbox:
             await asyncio.to_thread(process.cgroup.remove)
         for template in list(self._templates.values()):
             self._template_exited(template)
-        for pid, cgroup, slot in self._warm:
-            slot.close()
+        for spare in self._warm:
+            spare.slot.close()
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            await asyncio.to_thread(cgroup.remove)
+                os.kill(spare.pid, signal.SIGKILL)
+            await asyncio.to_thread(spare.cgroup.remove)
         self._warm.clear()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
