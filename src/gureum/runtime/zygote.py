@@ -368,8 +368,7 @@ def _instance(
         _finish_root(plan)
         if plan["network"] != "none":
             _loopback_up()
-        os.environ.clear()
-        os.environ.update(plan["env"])
+        bootstrap.replace_environment(plan["env"])
         os.chdir("/var/task")
         for name, value in plan["rlimits"].items():
             resource.setrlimit(getattr(resource, name), (value, value))
@@ -425,9 +424,8 @@ def _rehearse() -> None:
     """While a pre-spawned sandbox waits: run what its function stage will, where that has no
     effect, so that the pages it touches are copied now rather than on the cold start (see
     `bootstrap.prepare`). The environment is cleared for real: the function's replaces it."""
-    os.environ.clear()
-    os.environ["GUREUM_REHEARSAL"] = "1"
-    del os.environ["GUREUM_REHEARSAL"]
+    bootstrap.replace_environment({"GUREUM_REHEARSAL": "1"})
+    bootstrap.replace_environment({})
     program = bytes(8)
     buffer = ctypes.create_string_buffer(program, len(program))
     _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
