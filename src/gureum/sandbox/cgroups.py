@@ -25,9 +25,12 @@ CPU_PERIOD_US = 100_000
 MB_PER_VCPU = 1769  # as Lambda: 1,769 MB of memory buys one vCPU
 
 
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(value)
+def _write(path: Path | str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)  # no text layer: some of these writes are on cold starts
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: Path) -> int:

@@ -701,7 +701,6 @@ class LinuxSandbox:
         """A sandbox from the zygote: an instance, or with a third descriptor (its /tmp) a
         template."""
         warm = self._warm.pop() if self._warm else None
-        self._in_background(self._fill_warm(REFILL_DELAY_S))
         slot: socket.socket | None = None
         if warm is not None:
             pid, cgroup, slot, uid = warm.pid, warm.cgroup, warm.slot, warm.uid
@@ -734,6 +733,8 @@ class LinuxSandbox:
             if isinstance(exc, OSError):
                 raise SandboxError(f"could not configure the instance cgroup: {exc}") from exc
             raise
+        finally:
+            self._in_background(self._fill_warm(REFILL_DELAY_S))  # after the plan is out
         process = _LinuxProcess(pid, cgroup, self, uid)
         if pid in self._early_exits:
             self._finish(process, self._early_exits.pop(pid))
