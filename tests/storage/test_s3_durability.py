@@ -20,7 +20,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from gureum.storage import objects_fs
 from gureum.storage.notifications import Delivery
 from gureum.storage.sweeper import UPLOAD_TTL_S, Sweeper
 from tests.conftest import RunningServer, free_port
@@ -85,37 +84,6 @@ def test_a_failed_notification_write_leaves_no_object(
         s3.get_object(Bucket=bucket, Key="new")
     assert _waiting(sqs, url) == 1
     assert len(_blob_files(server)) == 1  # no stray blob either
-
-
-@pytest.mark.parametrize("fails", ["fsync", "directory fsync"])
-def test_no_object_names_a_blob_that_did_not_become_durable(
-    server: RunningServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch, fails: str
-) -> None:
-    # a PUT's metadata statements run while its blob is fsync'd: they must roll back when
-    # the blob cannot be made durable (here: its fsync or its directory's fsync fails)
-    s3.put_object(Bucket=bucket, Key="before", Body=b"v1")
-    started = threading.Event()
-
-    def broken(*args: Any) -> None:
-        started.set()
-        time.sleep(0.05)  # the metadata statements are in their transaction by now
-        raise OSError(5, "Input/output error")
-
-    if fails == "fsync":
-        monkeypatch.setattr(objects_fs.os, "fsync", broken)
-    else:
-        monkeypatch.setattr(objects_fs, "_fsync_dir", broken)
-    for key in ("before", "new"):
-        with pytest.raises(ClientError) as failed:
-            s3.put_object(Bucket=bucket, Key=key, Body=b"v2")
-        assert failed.value.response["Error"]["Code"] == "InternalError"
-    assert started.is_set()
-    monkeypatch.undo()
-    assert s3.get_object(Bucket=bucket, Key="before")["Body"].read() == b"v1"
-    with pytest.raises(ClientError, match="NoSuchKey"):
-        s3.get_object(Bucket=bucket, Key="new")
-    assert [p.read_bytes() for p in _blob_files(server)] == [b"v1"]  # nothing stray either
-    assert not list((server.settings.data_dir / "objects" / "tmp").iterdir())
 
 
 def test_a_replaced_blob_is_deleted_after_the_answer(

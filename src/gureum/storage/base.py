@@ -7,7 +7,7 @@ no key can influence where bytes are written.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 # Bytes of a blob: a reader may hand out bytearrays it filled itself (no copy into a bytes);
@@ -45,15 +45,6 @@ class BlobWriter(Protocol):
         """Make the blob durable and return its id. `check` runs first, once every byte is
         written and hashed (possibly in a worker thread); if it raises, nothing is committed,
         the blob is discarded as by `abort`, and the exception propagates."""
-        ...
-
-    async def seal(self, check: Callable[[], None] | None = None) -> tuple[str, Awaitable[None]]:
-        """`commit` in two steps, so a caller can prepare what will name the blob while it
-        becomes durable: return its id once every byte is written and `check` passed (or
-        raise as `commit` does), with an awaitable that completes when the blob is durable,
-        or raises (the blob is then discarded). Nothing durable may name the id before that.
-        `abort` waits for it and discards what did not become durable; a durable blob is
-        the caller's to delete."""
         ...
 
     async def abort(self) -> None: ...

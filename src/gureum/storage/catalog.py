@@ -365,23 +365,15 @@ class ObjectCatalog:
 
     # -- objects ---------------------------------------------------------------------------
 
-    async def put_object(
-        self,
-        meta: ObjectMeta,
-        also: AlsoWrite | None = None,
-        ready: Awaitable[None] | None = None,
-    ) -> str | None:
+    async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
         """Insert or replace an object (and make the `also` writes in the same transaction);
-        return the blob it replaced, if any. With `ready`, the transaction commits only once
-        it completes (it rolls back if it raises): for a blob still becoming durable."""
+        return the blob it replaced, if any."""
         self._forget(meta.bucket, meta.key)
         try:
             async with self.db.write_gate, self.db.engine.begin() as conn:
                 old = await self._put_object(conn, meta)
                 if also is not None:
                     await also(conn)
-                if ready is not None:
-                    await ready
         finally:
             self._forget(meta.bucket, meta.key)
         return old

@@ -1,9 +1,7 @@
 """`ObjectStore`: the storage engine behind the S3 API — blobs + catalog + notifications.
 
 It enforces the rules around every write, whatever the caller: the body goes into a fresh
-blob which is committed (durable) before the metadata naming it commits (for a PutObject of
-up to `OVERLAP_MAX_SIZE`, the metadata's statements run while the blob is being fsync'd, in a
-transaction that commits only once it is durable), a replaced or removed blob is
+blob which is committed (durable) before the metadata names it, a replaced or removed blob is
 deleted only after the metadata change committed, nothing of a failed write stays behind, and
 each change's notifications are committed in the very transaction that commits the change.
 The blob a PUT replaces is deleted in the background, after the answer: the client need not
@@ -38,10 +36,6 @@ from gureum.storage.payload import Received, Verify
 log = logging.getLogger(__name__)
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
-# A PUT's metadata transaction waits inside for its blob's fsync up to this size (a small
-# blob's fsync is short); a larger blob is durable before the transaction starts, so a long
-# fsync never holds the database's write lock.
-OVERLAP_MAX_SIZE = 8 * 1024 * 1024
 # Fills a new blob from the request body; returns the check the blob's commit runs, which
 # verifies the body (the writer's hashes are whole then) and says what was received.
 Fill = Callable[[BlobWriter], Awaitable[Verify]]
@@ -123,19 +117,12 @@ class ObjectStore:
         )
 
     async def _publish(
-        self,
-        bucket: Bucket,
-        meta: ObjectMeta,
-        event: str,
-        ctx: WriteContext,
-        durable: Awaitable[None] | None = None,
+        self, bucket: Bucket, meta: ObjectMeta, event: str, ctx: WriteContext
     ) -> None:
-        """Commit `meta` with its notifications, after `durable` (the blob's commit) if
-        given; on failure, its blob is deleted."""
+        """Commit `meta` with its notifications; on failure, its blob is deleted."""
         try:
             delivery = await self._delivery(bucket, event, meta.key, meta, ctx)
-            also = delivery.write if delivery else None
-            old = await self.catalog.put_object(meta, also, durable)
+            old = await self.catalog.put_object(meta, delivery.write if delivery else None)
         except BaseException:
             await self._discard([meta.blob])
             raise
@@ -150,25 +137,15 @@ class ObjectStore:
         check_key(key)
         # NoSuchBucket before reading any body
         found = await self.catalog.recent_bucket(bucket)
-        writer = self.blobs.writer()
-        try:
-            verify = await fill(writer)
-            checked: list[Received] = []
-            blob, durable = await writer.seal(lambda: checked.append(verify()))
-            received = checked[0]
-            if received.size > OVERLAP_MAX_SIZE:
-                await durable  # not while holding the database's write lock
-            if received.checksum is not None:
-                algorithm, value = received.checksum
-                headers = [*headers, (f"x-amz-checksum-{algorithm}", value)]
-            meta = ObjectMeta(
-                bucket, key, blob, received.size, f'"{received.md5_hex}"', time.time(), headers
-            )
-            # the metadata's statements run while the blob is fsync'd; they commit after it
-            await self._publish(found, meta, "s3:ObjectCreated:Put", ctx, durable)
-            return meta
-        finally:
-            await writer.abort()
+        blob, received = await self._write(fill)
+        if received.checksum is not None:
+            algorithm, value = received.checksum
+            headers = [*headers, (f"x-amz-checksum-{algorithm}", value)]
+        meta = ObjectMeta(
+            bucket, key, blob, received.size, f'"{received.md5_hex}"', time.time(), headers
+        )
+        await self._publish(found, meta, "s3:ObjectCreated:Put", ctx)
+        return meta
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         meta = await self.catalog.lookup(bucket, key)

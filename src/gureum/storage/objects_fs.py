@@ -68,9 +68,8 @@ def _fsync_dir(path: Path) -> None:
 
 class _FileWriter:
     """Collects chunks without copying them and hashes and writes each batch in a worker
-    thread; one batch is written while the next is collected (writes stay in order). `seal`
-    (and `commit`) is one more thread job: the last batch, `check` (`seal` returns once it
-    passed), fsync, rename, directory fsync."""
+    thread; one batch is written while the next is collected (writes stay in order). `commit`
+    is one more thread job: the last batch, `check`, fsync, rename, directory fsync."""
 
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
@@ -132,64 +131,24 @@ class _FileWriter:
             _START_WRITEBACK(file.fileno())
 
     async def commit(self, check: Callable[[], None] | None = None) -> str:
-        blob_id, durable = await self.seal(check)
-        try:
-            await durable
-        except BaseException:
-            await self.abort()
-            raise
-        return blob_id
-
-    async def seal(
-        self, check: Callable[[], None] | None = None
-    ) -> tuple[str, asyncio.Future[None]]:
         if self._done:
             raise RuntimeError("blob writer already finished")
         blob_id = secrets.token_hex(16)
-        loop = asyncio.get_running_loop()
-        checked: asyncio.Future[None] = loop.create_future()
-
-        def report_checked() -> None:
-            if not checked.done():
-                checked.set_result(None)
-
-        def checked_in_thread() -> None:
-            loop.call_soon_threadsafe(report_checked)
-
-        def commit_sync(batch: list[Chunk]) -> None:
-            # one thread job: the loop hears of the check at once, the fsyncs go on after it
-            self._commit_sync(batch, blob_id, check, checked_in_thread)
-
         try:
             await self._wait_writing()
-            job = loop.run_in_executor(None, commit_sync, self._take())
-            self._writing = job  # `abort` waits for it
-            await asyncio.wait([checked, job], return_when=asyncio.FIRST_COMPLETED)
-            if job.done():
-                job.result()  # raises what failed before or in `check`
+            await asyncio.to_thread(self._commit_sync, self._take(), blob_id, check)
         except BaseException:
-            checked.cancel()
             await self.abort()
             raise
-        job.add_done_callback(self._sealed)
-        return blob_id, job
-
-    def _sealed(self, job: asyncio.Future[None]) -> None:
-        if not job.cancelled() and job.exception() is None:
-            self._writing = None
-            self._done = True
+        self._done = True
+        return blob_id
 
     def _commit_sync(
-        self,
-        batch: list[Chunk],
-        blob_id: str,
-        check: Callable[[], None] | None,
-        checked: Callable[[], None],
+        self, batch: list[Chunk], blob_id: str, check: Callable[[], None] | None
     ) -> None:
         self._write_sync(batch)
         if check is not None:
             check()
-        checked()
         assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -60,11 +59,6 @@ class _MemoryWriter:
         if check is not None:
             check()
         return ""
-
-    async def seal(self, check: Callable[[], None] | None = None) -> tuple[str, Awaitable[None]]:
-        durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        durable.set_result(None)  # memory is all there is
-        return await self.commit(check), durable
 
     async def abort(self) -> None:
         return None
