@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ import boto3
 import pytest
 
 from gureum.errors import SandboxError
+from gureum.runtime import bootstrap as bootstrap_module
 from gureum.sandbox import instance as instance_module
 from gureum.sandbox.base import InstanceSpec
 from gureum.sandbox.instance import MAX_LOG_BYTES, InitFailed, Instance, InvokeOutcome
@@ -566,6 +569,42 @@ def test_invoke_sent_during_a_failing_init_raises_init_failed(code_dir: Path) ->
     assert not instance.alive
     with pytest.raises(SandboxError):
         run(invoke(instance, {}))
+
+
+def test_init_that_failed_and_ended_before_the_first_invoke_still_says_why(
+    code_dir: Path,
+) -> None:
+    write(code_dir, "raise RuntimeError('no config')\n")
+
+    async def main() -> None:
+        instance = await Instance.spawn(ProcessSandbox([]), make_spec(code_dir))
+        await asyncio.sleep(1.0)  # the init fails and the process ends meanwhile
+        with pytest.raises(InitFailed) as failed:
+            await invoke(instance, {})
+        assert failed.value.error["errorMessage"] == "no config"
+
+    run(main())
+
+
+def test_rehearsal_runs_clean_and_leaves_no_module_behind() -> None:
+    # what a pre-spawned sandbox runs while it waits; its stand-in handler must load
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(bootstrap_module.__file__).parent)!r})\n"
+        "import bootstrap\n"
+        "before = set(sys.modules)\n"
+        "path = list(sys.path)\n"
+        "bootstrap.prepare()\n"
+        "assert bootstrap.rehearse()\n"
+        "assert 'gureum_rehearsal' not in sys.modules and sys.path == path\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no error record: the dummy invocation and the import succeeded
+    assert "gureum_rehearsal" not in done.stdout
 
 
 # ---- memory -------------------------------------------------------------------------------

@@ -177,6 +177,7 @@ class Dispatcher:
         if config.code_sha256 not in self._package_paths:
             self._package_path(config)
         arn = config.arn(self.region, None if qualifier is None else invoked_as)
+        lease = None
         try:
             lease = await self.pool.acquire(
                 key, limit, lambda: self._spec(config), config.min_instances
@@ -201,8 +202,9 @@ class Dispatcher:
                 0.0,
                 0,
             )
+            queue_ms = 0.0 if lease is None else lease.queue_ms
             return self._finish(
-                config, request_id, trigger, admitted, 0.0, exc.init_ms, True, outcome, b""
+                config, request_id, trigger, admitted, queue_ms, exc.init_ms, True, outcome, b""
             )
         instance = lease.instance
         if outcome.status == "success" and len(outcome.payload) > MAX_RESPONSE_BYTES:

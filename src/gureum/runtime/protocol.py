@@ -5,8 +5,9 @@ Events and results are already JSON bytes, so they travel as the payload untouch
 
 shim → agent  {"t": "ready"}                           after init (handler imported)
 shim → agent  {"t": "init_error"} + error JSON           init failed; the shim exits
-agent → shim  {"t": "invoke", "id", "timeout_ms", ...} + event bytes (may be sent before
-              "ready": the shim reads it after init)
+agent → shim  {"t": "invoke", "id", "deadline" (ms since the epoch), ...} + event bytes;
+              sent before "ready", with "timeout_ms" instead (the limit starts when the shim
+              takes it, after init)
 shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON
 agent closes the socket                                  the shim exits
 

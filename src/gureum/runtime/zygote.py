@@ -423,13 +423,14 @@ def _cold_instance(plan: dict[str, Any], fds: list[int], filters: Filters) -> No
 def _rehearse() -> None:
     """While a pre-spawned sandbox waits: run what its function stage will, where that has no
     effect, so that the pages it touches are copied now rather than on the cold start (see
-    `bootstrap.prepare`). The environment is cleared for real: the function's replaces it."""
+    `bootstrap.rehearse`). The environment is cleared for real: the function's replaces it."""
     bootstrap.replace_environment({"GUREUM_REHEARSAL": "1"})
     bootstrap.replace_environment({})
     program = bytes(8)
     buffer = ctypes.create_string_buffer(program, len(program))
     _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+    bootstrap.rehearse()
 
 
 def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) -> None:
@@ -437,8 +438,8 @@ def _warm_instance(plan: dict[str, Any], slot: socket.socket, filters: Filters) 
     try:
         _prepare_root(plan)
         _empty_bounding_set()
-        _rehearse()
         bootstrap.prepare()
+        _rehearse()
         request = _recv_request(slot)
     except BaseException:
         os._exit(124)

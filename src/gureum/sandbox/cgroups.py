@@ -281,7 +281,11 @@ class CgroupTree:
             path.mkdir()
             dirs[controller] = path
         group = InstanceCgroup(name, self.version, dirs)
-        group.share(pids_max)
+        try:
+            group.share(pids_max)
+        except OSError:
+            group.remove(timeout_s=0)
+            raise
         return group
 
     def sweep(self) -> int:

@@ -348,10 +348,17 @@ class Instance:
             raise SandboxError("instance is already running an invocation")
         self._busy = True
         self.invocations += 1
+        # The time limit runs from now; for an invocation queued while init runs, from when
+        # the runtime takes it.
+        limit = (
+            {"deadline": int((time.time() + timeout_s) * 1000)}
+            if self.initialised
+            else {"timeout_ms": int(timeout_s * 1000)}
+        )
         header = {
             "t": "invoke",
             "id": request_id,
-            "timeout_ms": int(timeout_s * 1000),
+            **limit,
             "arn": invoked_arn,
             "client_context": client_context,
             "identity": identity,
@@ -361,6 +368,8 @@ class Instance:
         try:
             try:
                 if self._control.is_closing():
+                    if not self.initialised:
+                        await self.initialise()  # an init that failed says why
                     raise ConnectionResetError("the instance has exited")
                 self._control.write(protocol.encode(header, event))
                 if not self.initialised:

@@ -362,6 +362,7 @@ class LinuxSandbox:
         self._requests: dict[int, asyncio.Future[int]] = {}
         self._processes: dict[int, _LinuxProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self._abandoned: set[int] = set()  # taken spares killed before they became instances
         self._ids = itertools.count(1)
         self._uids: set[int] = set()
         self._next_uid = 0
@@ -371,8 +372,7 @@ class LinuxSandbox:
         self._send_lock = asyncio.Lock()
         self._api_server: asyncio.AbstractServer | None = None
         self._relay_handlers = Handlers()
-        # pre-spawned sandboxes: pid, cgroup, and our end of the socket it waits on
-        self._warm: list[_Spare] = []
+        self._warm: list[_Spare] = []  # pre-spawned sandboxes
         self._warming = 0
         self._closing = False
         self._proxies: dict[str, EgressProxy] = {}  # by allow-list key
@@ -513,6 +513,9 @@ class LinuxSandbox:
             pid, status = int(header["pid"]), int(header["status"])
             process = self._processes.pop(pid, None)
             if process is None:
+                if pid in self._abandoned:
+                    self._abandoned.discard(pid)
+                    return
                 for index, spare in enumerate(self._warm):
                     if spare.pid == pid:  # a pre-spawned sandbox died unused
                         del self._warm[index]
@@ -705,7 +708,10 @@ class LinuxSandbox:
         if warm is not None:
             pid, cgroup, slot, uid = warm.pid, warm.cgroup, warm.slot, warm.uid
         else:
-            pid, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare, PIDS_MAX)
+            try:
+                pid, cgroup = 0, await asyncio.to_thread(self.cgroups.prepare, PIDS_MAX)
+            except OSError as exc:
+                raise SandboxError(f"could not create the instance cgroup: {exc}") from exc
             uid = self._allocate_uid()
         try:
             plan = self._function_plan(spec, uid)
@@ -727,6 +733,7 @@ class LinuxSandbox:
             self._uids.discard(uid)
             if slot is not None:
                 slot.close()
+                self._abandoned.add(pid)  # its exit report is not an early exit
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             self._in_background(asyncio.to_thread(cgroup.remove))
@@ -1067,19 +1074,23 @@ class LinuxSandbox:
         while len(self._warm) + self._warming < self.warm_target:
             self._warming += 1
             cgroup = None
-            uid = self._allocate_uid()
+            uid: int | None = None
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
+                uid = self._allocate_uid()
                 cgroup = await asyncio.to_thread(self.cgroups.prepare, PIDS_MAX)
                 request = {"t": "warm", "plan": self._warm_plan(cgroup, uid)}
                 pid = await self._request(request, [theirs.fileno()])
-            except (OSError, SandboxError, TimeoutError) as exc:
+            except BaseException as exc:
                 ours.close()
-                self._uids.discard(uid)
+                if uid is not None:
+                    self._uids.discard(uid)
+                if cgroup is not None:
+                    self._in_background(asyncio.to_thread(cgroup.remove))
+                if not isinstance(exc, (OSError, SandboxError, TimeoutError)):
+                    raise
                 if not self._closing:
                     log.warning("could not pre-spawn a sandbox: %s", exc)
-                if cgroup is not None:
-                    await asyncio.to_thread(cgroup.remove)
                 return
             finally:
                 theirs.close()
