@@ -6,7 +6,8 @@ Run side by side in one run (root, Linux): a bare `sys.executable -I -S -c pass`
 `bwrap … python -I -S -c pass` where bwrap is installed, the `process` driver, and the
 `linux` driver (with a pre-spawned sandbox ready, back-to-back so the pool is empty, and
 forked from the version's template). A cold start is timed from the agent's decision to start
-an instance (`Instance.start`) to the handler's first response. Heavy import: a handler that
+an instance (`Instance.spawn`, as the instance pool starts one: the first invocation is sent
+while init runs) to the handler's first response. Heavy import: a handler that
 imports a large stdlib set (and boto3 where offered), started cold vs forked from its
 template. Burst: 0 → N concurrent instances of one function, each answering one invocation,
 from nothing (the template is built during the burst) and with the version's template alive.
@@ -117,7 +118,7 @@ async def burst(sandbox: Sandbox, spec: InstanceSpec, count: int) -> dict[str, f
     """0 → count concurrent instances, each answering one invocation."""
 
     async def one() -> Instance:
-        instance = await Instance.start(sandbox, spec)
+        instance = await Instance.spawn(sandbox, spec)
         outcome = await instance.invoke("bench", b"{}", invoked_arn="arn", timeout_s=30)
         assert outcome.status == "success", outcome
         return instance
