@@ -152,6 +152,25 @@ def test_get_function_configuration_with_qualifier(server: Any, lam: Any, deploy
         assert error_of(excinfo) == ("ResourceNotFoundException", 404)
 
 
+def test_function_arns_of_this_region_work_and_of_another_are_refused(
+    server: Any, lam: Any, deploy: Deploy
+) -> None:
+    deploy("regional")
+    arn = _arn(server, "regional")
+    assert lam.get_function_configuration(FunctionName=arn)["FunctionName"] == "regional"
+    assert lam.invoke(FunctionName=arn)["StatusCode"] == 200
+    elsewhere = arn.replace(f":{server.settings.region}:", ":eu-north-1:")
+    for call in (lam.get_function_configuration, lam.invoke):
+        with pytest.raises(ClientError) as excinfo:
+            call(FunctionName=elsewhere)
+        assert error_of(excinfo) == ("ResourceNotFoundException", 404)
+        message = excinfo.value.response["Error"]["Message"]
+        region = server.settings.region
+        assert (
+            message == f"Functions from 'eu-north-1' are not reachable in this region ('{region}')"
+        )
+
+
 def test_list_functions_paginates_without_duplicates(lam: Any, deploy: Deploy) -> None:
     names = [f"fn-{i}" for i in range(5)]
     for name in names:

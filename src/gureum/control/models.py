@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from gureum.errors import InvalidParameterValue
+from gureum.errors import InvalidParameterValue, ResourceNotFound
 
 LATEST = "$LATEST"
 NETWORK_MODES = ("none", "platform", "internet")
@@ -286,17 +286,22 @@ class Alias:
         return shape
 
 
-def parse_function_ref(ref: str) -> tuple[str, str | None, str | None]:
+def parse_function_ref(ref: str, region: str | None = None) -> tuple[str, str | None, str | None]:
     """Split a FunctionName as AWS accepts it into (name, qualifier, account).
 
     Forms: `name`, `name:qualifier`, `123456789012:function:name[:qualifier]`,
-    `arn:aws:lambda:region:123456789012:function:name[:qualifier]`.
+    `arn:aws:lambda:region:123456789012:function:name[:qualifier]`. With `region` (the
+    endpoint's), an ARN of another region is refused as AWS refuses it.
     """
     parts = ref.split(":")
     account: str | None = None
     if parts[0] == "arn":
         if len(parts) not in (7, 8) or parts[2] != "lambda" or parts[5] != "function":
             raise InvalidParameterValue(f"Invalid function ARN: {ref}")
+        if region is not None and parts[3] != region:
+            raise ResourceNotFound(
+                f"Functions from '{parts[3]}' are not reachable in this region ('{region}')"
+            )
         account, parts = parts[4], parts[6:]
     elif len(parts) >= 3 and parts[1] == "function":
         account, parts = parts[0], parts[2:]

@@ -244,7 +244,7 @@ class LambdaAPI:
     ) -> tuple[str, str, str | None]:
         """(account, function name, qualifier) from a function reference (name, ARN or
         partial ARN, maybe `:qualifier`) and the `Qualifier` query parameter."""
-        name, qualifier, account = parse_function_ref(ref)
+        name, qualifier, account = parse_function_ref(ref, self.region)
         if account is not None and account != caller.account_id:
             raise ResourceNotFound(f"Function not found: {ref}")
         if qualifier and query_qualifier and qualifier != query_qualifier:

@@ -92,7 +92,7 @@ class LambdaEventRoutes:
     # ---- event invoke configs ----------------------------------------------------------------
 
     async def _function(self, request: Request) -> tuple[str, str, str | None]:
-        name, qualifier, account = parse_function_ref(request.path_params["name"])
+        name, qualifier, account = parse_function_ref(request.path_params["name"], self.region)
         caller = identity(request).account_id
         if account is not None and account != caller:
             raise ResourceNotFound(f"Function not found: {request.path_params['name']}")
