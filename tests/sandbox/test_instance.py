@@ -551,6 +551,31 @@ def test_invoke_sent_during_init_runs_after_it_with_all_its_time(code_dir: Path)
     assert outcome.status == "success", outcome
     assert 900 < json.loads(outcome.payload) <= 1000  # the init's 0.5 s is not charged to it
     assert instance.initialised and instance.init_ms >= 500
+    assert 0 < outcome.run_ms < 500  # its run, even if "ready" and the result came together
+
+
+def test_run_time_of_an_invoke_answered_together_with_ready(code_dir: Path) -> None:
+    # "ready" and the result can reach the agent in one read; the run still has its duration
+    write(
+        code_dir,
+        "import time\ntime.sleep(0.3)\n"
+        "def handler(event, context):\n    time.sleep(0.1)\n    return 1\n",
+    )
+
+    async def main() -> InvokeOutcome:
+        instance = await Instance.spawn(ProcessSandbox([]), make_spec(code_dir))
+        try:
+            call = asyncio.ensure_future(invoke(instance, {}))
+            await asyncio.sleep(0.05)  # the invoke frame is out; the agent waits for "ready"
+            time.sleep(1.0)  # noqa: ASYNC251 - blocks the loop while init and the invocation finish
+            return await call
+        finally:
+            await instance.close()
+
+    outcome = run(main())
+
+    assert outcome.status == "success", outcome
+    assert 100 <= outcome.run_ms < 1000
 
 
 def test_invoke_sent_during_a_failing_init_raises_init_failed(code_dir: Path) -> None:

@@ -577,17 +577,18 @@ def _serve(sock: socket.socket, marker_fd: int, handler: Any, request_filter: An
             header, payload = channel.recv()
         except EOFError:
             return
-        if "timeout_ms" in header:  # sent while init ran: its time limit starts now
+        queued = "timeout_ms" in header  # sent while init ran: its time limit starts now
+        if queued:
+            began = time.perf_counter()
             header["deadline"] = int(time.time() * 1000) + int(header["timeout_ms"])
         request_id = header["id"]
         request_filter.request_id = request_id
         ok, body = _within_frame_limit(*_invoke(handler, header, payload, function), request_id)
         _end_log(marker_fd, request_id)
-        sock.sendall(
-            protocol.encode(
-                {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}, body
-            )
-        )
+        result = {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}
+        if queued:  # the agent may get "ready" and this in one read: it cannot time this
+            result["ms"] = (time.perf_counter() - began) * 1000
+        sock.sendall(protocol.encode(result, body))
 
 
 def recv_with_fds(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:

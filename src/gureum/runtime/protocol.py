@@ -8,7 +8,8 @@ shim → agent  {"t": "init_error"} + error JSON           init failed; the shim
 agent → shim  {"t": "invoke", "id", "deadline" (ms since the epoch), ...} + event bytes;
               sent before "ready", with "timeout_ms" instead (the limit starts when the shim
               takes it, after init)
-shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON
+shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON; for
+              an invoke sent before "ready", also "ms" (its run time, as the shim saw it)
 agent closes the socket                                  the shim exits
 
 After init ("init") and after each invocation (its id) the shim writes LOG_END_MARKER + key +
