@@ -357,20 +357,21 @@ class Instance:
         }
         # The time limit runs from now; for an invocation queued while init runs, from when
         # the runtime takes it.
-        if self.initialised:
-            header["deadline"] = int((time.time() + timeout_s) * 1000)
-        else:
+        queued = not self.initialised
+        if queued:
             header["timeout_ms"] = int(timeout_s * 1000)
+        else:
+            header["deadline"] = int((time.time() + timeout_s) * 1000)
         log_future = self._logs.segment(request_id)
         sent = started = time.perf_counter()
         try:
             try:
                 if self._control.is_closing():
-                    if not self.initialised:
+                    if queued:
                         await self.initialise()  # an init that failed says why
                     raise ConnectionResetError("the instance has exited")
                 self._control.write(protocol.encode(header, event))
-                if not self.initialised:
+                if queued:
                     await self.initialise()
                     started = time.perf_counter()
                 reply, payload = await self._recv_or_exit(timeout_s)
@@ -416,7 +417,7 @@ class Instance:
                 raise
             run_ms = (time.perf_counter() - started) * 1000
             reported = reply.get("ms")
-            if isinstance(reported, (int, float)) and started != sent:
+            if queued and isinstance(reported, (int, float)):
                 # queued during init: "ready" and the result may have come in one read, so
                 # take the runtime's own measure, but never more than the agent has seen
                 run_ms = max(run_ms, min(float(reported), (time.perf_counter() - sent) * 1000))
