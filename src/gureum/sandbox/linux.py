@@ -606,10 +606,13 @@ class LinuxSandbox:
                 return uid
         raise SandboxError("no free sandbox uid")
 
+    def _inner_uid(self, uid: int) -> int:
+        """The uid a sandbox runs as, as seen inside it."""
+        return ROOTLESS_UID if self.rootless else uid  # rootless: the one uid mapped
+
     def _warm_plan(self, cgroup: InstanceCgroup, uid: int) -> dict[str, Any]:
         """Everything a pre-spawned sandbox needs before it knows its function."""
-        if self.rootless:
-            uid = ROOTLESS_UID  # the one uid mapped in its user namespace
+        uid = self._inner_uid(uid)
         return {
             **self._static,
             "root": str(self.root_dir),
@@ -623,8 +626,6 @@ class LinuxSandbox:
 
     def _function_plan(self, spec: InstanceSpec, uid: int) -> dict[str, Any]:
         """The per-function rest of a sandbox's plan."""
-        if self.rootless:
-            uid = ROOTLESS_UID  # the one uid mapped in its user namespace
         port = urlsplit(self.endpoint).port or 80
         env = self._instance_env(spec)
         binds = [(str(spec.code_dir), "/var/task")]
@@ -645,7 +646,7 @@ class LinuxSandbox:
             "forwarders": forwarders,
             "rlimits": self._rlimits(spec),
             "env": env,
-            "uid": uid,
+            "uid": self._inner_uid(uid),
             "paths": ["/opt/gureum/python"],
         }
 
