@@ -214,6 +214,13 @@ def test_mapping_validation(server: RunningServer, lam: Any) -> None:
     _, fifo_arn = _queue(sqs, "v.fifo", FifoQueue="true")
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.create_event_source_mapping(EventSourceArn=arn, FunctionName="missing")
+    account = server.platform.root.account_id
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as elsewhere:
+        lam.create_event_source_mapping(
+            EventSourceArn=arn,
+            FunctionName=f"arn:aws:lambda:eu-north-1:{account}:function:consumer",
+        )
+    assert "not reachable in this region" in elsewhere.value.response["Error"]["Message"]
     with pytest.raises(lam.exceptions.InvalidParameterValueException) as no_queue:
         lam.create_event_source_mapping(
             EventSourceArn=arn.replace(":v", ":nope"), FunctionName="consumer"

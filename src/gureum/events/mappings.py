@@ -231,7 +231,7 @@ class EventSourceMappings:
     async def _function(self, account: str, ref: object) -> tuple[str, str | None]:
         if not isinstance(ref, str) or not ref:
             raise InvalidParameterValue("FunctionName is required")
-        name, qualifier, owner = parse_function_ref(ref)
+        name, qualifier, owner = parse_function_ref(ref, self.region)
         if owner is not None and owner != account:
             raise ResourceNotFound(f"Function not found: {ref}")
         await self.registry.get_function(account, name, qualifier)
