@@ -1143,6 +1143,7 @@ class LinuxSandbox:
             self._template_exited(template)
         for spare in self._warm:
             spare.slot.close()
+            self._uids.discard(spare.uid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(spare.pid, signal.SIGKILL)
             await asyncio.to_thread(spare.cgroup.remove)
