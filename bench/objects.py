@@ -398,9 +398,10 @@ def main(argv: list[str] | None = None) -> None:
         "sendfile, access_log off. What differs: nginx does not fsync a PUT; a Gureum PUT "
         "fsyncs the blob and its directory, then commits its metadata to SQLite (WAL, "
         "synchronous=FULL: one more fsync), and computes the body's MD5 for the ETag. A Gureum "
-        "GET looks the key up (cached in-process in this embedded shape) and reads the file in "
-        "a worker thread (no sendfile under uvicorn). Both sides read the same few keys over "
-        "and over, so both serve GETs from the page cache."
+        "GET looks the key up (cached in-process in this embedded shape) and reads what the "
+        "page cache holds on the event loop, the rest in a worker thread (no sendfile under "
+        "uvicorn). Both sides read the same few keys over and over, so both serve GETs from "
+        "the page cache."
     )
     print(
         f"client: threads, one keep-alive http.client connection each, same code for both; "
