@@ -248,10 +248,16 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
+def _sock_fprog(program: bytes) -> tuple[_SockFprog, ctypes.Array[ctypes.c_char]]:
+    """The kernel's view of a compiled seccomp program, and the buffer it points into (keep
+    both alive while the kernel reads it)."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    return _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p)), buffer
+
+
 def _load_bpf(program: bytes) -> None:
     """Install a compiled seccomp program (needs no_new_privs). Irreversible."""
-    buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    fprog, _buffer = _sock_fprog(program)
     _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
@@ -426,9 +432,7 @@ def _rehearse() -> None:
     `bootstrap.rehearse`). The environment is cleared for real: the function's replaces it."""
     bootstrap.replace_environment({"GUREUM_REHEARSAL": "1"})
     bootstrap.replace_environment({})
-    program = bytes(8)
-    buffer = ctypes.create_string_buffer(program, len(program))
-    _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _sock_fprog(bytes(8))
     libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
     bootstrap.rehearse()
 

@@ -218,6 +218,7 @@ class Instance:
         control: _ControlChannel,
         logs: _LogCollector,
         log_transport: asyncio.ReadTransport,
+        spawned_at: float,
     ) -> None:
         self.spec = spec
         self.process = process
@@ -232,7 +233,7 @@ class Instance:
         self._busy = False
         self.alive = True
         self.initialised = False
-        self._spawned_at = time.perf_counter()
+        self._spawned_at = spawned_at  # perf_counter() when the agent decided to start it
         self.init_ms = 0.0
         self.init_log = b""
         self.invocations = 0
@@ -276,9 +277,7 @@ class Instance:
             if log_transport is not None:
                 log_transport.close()
             raise
-        instance = cls(spec, process, control, logs, log_transport)
-        instance._spawned_at = started
-        return instance
+        return cls(spec, process, control, logs, log_transport, started)
 
     async def initialise(self) -> None:
         """Wait for the instance's init to finish (at once if it has); raise InitFailed, after
