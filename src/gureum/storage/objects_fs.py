@@ -18,7 +18,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -66,10 +66,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _hash_batch(digest: Hash, batch: list[Chunk]) -> None:
+    for chunk in batch:
+        digest.update(chunk)  # hashlib and zlib release the GIL for chunks this large
+
+
+async def _all(jobs: list[asyncio.Future[None]]) -> None:
+    """Wait for every job, then raise the first failure: a writer's file is never closed
+    while a job still uses it."""
+    await asyncio.wait(jobs)
+    for job in jobs:
+        job.result()
+
+
 class _FileWriter:
-    """Collects chunks without copying them and hashes and writes each batch in a worker
-    thread; one batch is written while the next is collected (writes stay in order). `commit`
-    is one more thread job: the last batch, `check`, fsync, rename, directory fsync."""
+    """Collects chunks without copying them and hands each batch to worker threads, one job
+    per hash and one that writes it, so an upload's hashing and writing use separate cores
+    while the event loop collects the next batch (a batch starts once the previous one is
+    done: hashes and file see the bytes in order). `commit` runs the last batch the same way,
+    then one more thread job: `check`, fsync, rename, directory fsync."""
 
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
@@ -100,35 +115,36 @@ class _FileWriter:
             self._batch_limit = min(2 * self._batch_limit, MAX_WRITE_BATCH)
             batch = self._take()
             await self._wait_writing()
-            self._writing = asyncio.get_running_loop().run_in_executor(
-                None, self._write_batch, batch
-            )
+            self._writing = asyncio.ensure_future(self._process(batch, start_writeback=True))
 
     def _take(self) -> list[Chunk]:
         batch, self._pending, self._pending_size = self._pending, [], 0
         return batch
 
     async def _wait_writing(self) -> None:
-        writing, self._writing = self._writing, None
-        if writing is not None:
-            await writing
+        # shielded: a cancelled caller leaves the batch's jobs running, and `abort` waits for
+        # them before it closes the file
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+            self._writing = None
 
-    def _write_sync(self, batch: list[Chunk]) -> BinaryIO:
+    def _process(self, batch: list[Chunk], *, start_writeback: bool) -> Awaitable[None]:
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(None, _hash_batch, digest, batch) for digest in self._hashes]
+        if batch:
+            jobs.append(loop.run_in_executor(None, self._write_batch, batch, start_writeback))
+        return _all(jobs) if jobs else asyncio.sleep(0)
+
+    def _write_batch(self, batch: list[Chunk], start_writeback: bool) -> None:
         if self._file is None:
             self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
-        write, hashes = self._file.write, self._hashes
+        write = self._file.write
         for chunk in batch:
-            for digest in hashes:
-                digest.update(chunk)
             write(chunk)
-        return self._file
-
-    def _write_batch(self, batch: list[Chunk]) -> None:
-        file = self._write_sync(batch)
-        if _START_WRITEBACK is not None:
+        if start_writeback and _START_WRITEBACK is not None:
             # the disk starts on this batch now, so commit's fsync has less left to wait for
-            file.flush()
-            _START_WRITEBACK(file.fileno())
+            self._file.flush()
+            _START_WRITEBACK(self._file.fileno())
 
     async def commit(self, check: Callable[[], None] | None = None) -> str:
         if self._done:
@@ -136,20 +152,19 @@ class _FileWriter:
         blob_id = secrets.token_hex(16)
         try:
             await self._wait_writing()
-            await asyncio.to_thread(self._commit_sync, self._take(), blob_id, check)
+            await self._process(self._take(), start_writeback=False)
+            await asyncio.to_thread(self._commit_sync, blob_id, check)
         except BaseException:
             await self.abort()
             raise
         self._done = True
         return blob_id
 
-    def _commit_sync(
-        self, batch: list[Chunk], blob_id: str, check: Callable[[], None] | None
-    ) -> None:
-        self._write_sync(batch)
+    def _commit_sync(self, blob_id: str, check: Callable[[], None] | None) -> None:
         if check is not None:
             check()
-        assert self._file is not None
+        if self._file is None:  # an empty blob
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed right below
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
