@@ -12,7 +12,10 @@ get the same headers minus auth. Every reply is checked (status, size, body byte
 the server gives an MD5 one), so a broken server cannot look fast.
 
 Not equal, and printed with the results: Gureum's PUT is durable (blob fsync, directory fsync,
-SQLite commit) and computes an MD5 ETag, nginx's is neither; nginx GETs use sendfile.
+SQLite commit) and computes an MD5 ETag, nginx's is neither; nginx GETs use sendfile. So each
+PUT cell has a third row, `floor`: this script's own threads repeating just that durable write
+sequence on the same disk (no HTTP, no hashing), the most a durable PUT can do here. Every
+cell starts after `sync`, so no cell pays for the write-back of another's dirty pages.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -322,6 +327,9 @@ def measure(
         for worker_reqs in put:
             _send_each(target, worker_reqs, body)
     _send(target, op, reqs, body, WARMUP_S)
+    # dirty pages of the cells before (nginx's PUTs are not fsync'd) would otherwise be
+    # written back while this cell runs, and charged to whichever server runs next
+    os.sync()
     own_before, _ = tree_cpu(target.pid)
     busy_before = busy_cpu_s()
     latencies, wall = _send(target, op, reqs, body, duration_s)
@@ -347,6 +355,85 @@ def measure(
         server_cpu / count * 1000,
         # everything busy that is not the server: the client here plus anything else
         max(0.0, busy_after - busy_before - server_cpu) / wall,
+    )
+
+
+def measure_floor(work: Path, size: tuple[str, int, int, int], duration_s: float) -> Cell:
+    """What durability alone allows: threads of this process (as many as the cell's clients)
+    each repeat the write sequence of Gureum's blob store and catalog on the same disk:
+    write the body to a temporary file, fsync, rename into a shard directory, fsync that
+    directory, then commit one row to SQLite (WAL, synchronous=FULL). No HTTP, no hashing;
+    nginx's PUT does none of the fsyncs, so this is a ceiling for any durable PUT here."""
+    label, nbytes, workers, _ = size
+    body = os.urandom(nbytes)
+    root = work / f"floor-{label.replace(' ', '')}"
+    (root / "tmp").mkdir(parents=True)
+    (root / "blobs").mkdir()
+    database = root / "meta.db"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE objects (name TEXT PRIMARY KEY, size INTEGER)")
+
+    def write_one(db: sqlite3.Connection) -> None:
+        name = secrets.token_hex(16)
+        tmp, shard = root / "tmp" / name, root / "blobs" / name[:2]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        shard.mkdir(exist_ok=True)
+        os.rename(tmp, shard / name)
+        dir_fd = os.open(shard, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        with db:
+            db.execute("INSERT INTO objects VALUES (?, ?)", (name, nbytes))
+
+    def loop(stop_at: float, result: WorkerResult) -> None:
+        with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+            db.execute("PRAGMA synchronous=FULL")
+            while time.monotonic() < stop_at:
+                t0 = time.perf_counter()
+                write_one(db)
+                result.latencies.append(time.perf_counter() - t0)
+
+    def run(seconds: float) -> tuple[list[float], float]:
+        results = [WorkerResult() for _ in range(workers)]
+        stop_at = time.monotonic() + seconds
+        threads = [threading.Thread(target=loop, args=(stop_at, r)) for r in results]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [t for r in results for t in r.latencies], time.perf_counter() - start
+
+    run(WARMUP_S)
+    os.sync()
+    own_before, busy_before = sum(os.times()[:2]), busy_cpu_s()
+    latencies, wall = run(duration_s)
+    own = sum(os.times()[:2]) - own_before
+    busy = busy_cpu_s() - busy_before
+    shutil.rmtree(root)
+    count = len(latencies)
+    return Cell(
+        "floor",
+        "PUT",
+        label,
+        nbytes,
+        workers,
+        count,
+        wall,
+        count / wall,
+        count * nbytes / MIB / wall,
+        percentile(latencies, 0.50) * 1000,
+        percentile(latencies, 0.99) * 1000,
+        own / count * 1000,
+        max(0.0, busy - own) / wall,
     )
 
 
@@ -419,8 +506,14 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for size in sizes:
             for op in ops:
-                for target in (nginx, gureum):
-                    cell = measure(target, op, size, args.duration, args.payload)
+                for target in (nginx, gureum, None):
+                    if target is None and op != "PUT":
+                        continue
+                    cell = (
+                        measure_floor(Path(tmp), size, args.duration)
+                        if target is None
+                        else measure(target, op, size, args.duration, args.payload)
+                    )
                     cells.append(cell)
                     print(
                         f"  {cell.target:6} {cell.op} {cell.size_label:>6} "
@@ -431,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     by_key = {(c.target, c.op, c.size_label): c for c in cells}
     for c in cells:
         ratio = ""
-        if c.target == "gureum":
+        if c.target != "nginx":
             base = by_key[("nginx", c.op, c.size_label)]
             ratio = f"{c.ops_s / base.ops_s:.2f}x"
         rows.append(
@@ -450,13 +543,16 @@ def main(argv: list[str] | None = None) -> None:
             ]
         )
     headers = ["target", "op", "size", "conc", "ops/s", "MiB/s", "p50 ms", "p99 ms"]
-    headers += ["srv CPU ms/op", "other cores", "gureum/nginx"]
+    headers += ["srv CPU ms/op", "other cores", "x nginx"]
     print()
     print(format_table(headers, rows))
     print(
         "\nsrv CPU ms/op: CPU of the serving process (gureum's uvicorn, incl. its threads; "
-        "nginx's worker) per op. other cores: all other busy CPU (the client threads and "
-        "anything else) in cores."
+        "nginx's worker; the floor's own threads) per op. other cores: all other busy CPU (the "
+        "client threads and anything else) in cores.\nfloor: no server; threads of this script "
+        "repeat the durable write sequence of Gureum's PUT (temp file, fsync, rename, directory "
+        "fsync, SQLite commit) with no HTTP and no hashing, as many as the cell's clients: the "
+        "most any PUT that is durable per object can do on this disk (nginx's is not)."
     )
     if args.json is not None:
         out = {"command": command, "machine": machine, "payload": args.payload}
