@@ -6,7 +6,8 @@ to delete *after* the transaction committed — so a crash can orphan a blob, ne
 Keys are stored as UTF-8 bytes, which sort bytewise on every backend, as S3 lists them.
 Writers hold `Database.write_gate`: on SQLite, concurrent PUTs take turns in this process
 instead of sleeping in SQLite's busy handler, and a read-then-write (the blob a PUT replaces)
-sees no other writer in between.
+sees no other writer in between. Object writes and deletes go through `Database.write`, so
+those that arrive together share a commit.
 """
 
 from __future__ import annotations
@@ -368,15 +369,18 @@ class ObjectCatalog:
     async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
         """Insert or replace an object (and make the `also` writes in the same transaction);
         return the blob it replaced, if any."""
+
+        async def write(conn: AsyncConnection) -> str | None:
+            old = await self._put_object(conn, meta)
+            if also is not None:
+                await also(conn)
+            return old
+
         self._forget(meta.bucket, meta.key)
         try:
-            async with self.db.write_gate, self.db.engine.begin() as conn:
-                old = await self._put_object(conn, meta)
-                if also is not None:
-                    await also(conn)
+            return await self.db.write(write)
         finally:
             self._forget(meta.bucket, meta.key)
-        return old
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
         raw = check_key(meta.key)
@@ -466,18 +470,21 @@ class ObjectCatalog:
         one); return what was removed (None: there was nothing)."""
         raw = check_key(key)
         where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
+
+        async def write(conn: AsyncConnection) -> ObjectMeta | None:
+            row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
+            if row is None:
+                return None
+            await conn.execute(s3_objects.delete().where(where))
+            if also is not None:
+                await also(conn)
+            return _object(row)
+
         self._forget(bucket, key)
         try:
-            async with self.db.write_gate, self.db.engine.begin() as conn:
-                row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
-                if row is None:
-                    return None
-                await conn.execute(s3_objects.delete().where(where))
-                if also is not None:
-                    await also(conn)
+            return await self.db.write(write)
         finally:
             self._forget(bucket, key)
-        return _object(row)
 
     async def list_objects(
         self,

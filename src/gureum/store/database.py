@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gureum.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 WriteGate = contextlib.AbstractAsyncContextManager[Any]
+T = TypeVar("T")
+# A write for `Database.write`: its statements on the transaction's connection, and its result.
+Work = Callable[[AsyncConnection], Awaitable[Any]]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -51,6 +55,18 @@ class Database:
         self.write_gate: WriteGate = (
             asyncio.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
         )
+        self._group = _GroupCommit(self) if self.dialect == "sqlite" else None
+
+    async def write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run `work` in a write transaction and return its result once that committed.
+        On SQLite, writes that arrive while a transaction commits share the next one: one
+        commit (one fsync) for all of them (see `_GroupCommit`). `work` must be safe to run
+        again: it is, when another write of its transaction fails."""
+        if self._group is not None:
+            result: T = await self._group.run(work)
+            return result
+        async with self.write_gate, self.engine.begin() as conn:
+            return await work(conn)
 
     @property
     def dialect(self) -> str:
@@ -82,3 +98,85 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class _Rollback(Exception):
+    """Raised to roll a group back after one of its writes failed."""
+
+
+class _GroupCommit:
+    """Group commit for SQLite, where each commit waits for an fsync and writers take turns:
+    writes queue while a transaction is being committed and then go together in the next one.
+    If one write raises, the transaction is rolled back, that write gets its exception and the
+    rest run again in a new transaction, so a write never commits with another's failure. A
+    caller cancelled after its write was taken waits for that transaction: if it committed,
+    the caller gets its result and goes on (its caller may depend on knowing, e.g. to delete
+    a blob only when nothing names it), else it sees the cancellation."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+
+    async def run(self, work: Work) -> Any:
+        entry = (work, asyncio.get_running_loop().create_future())
+        self._queue.append(entry)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued())
+        future = entry[1]
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if entry in self._queue:  # not taken yet: it never will be
+                self._queue.remove(entry)
+                raise
+        while not future.done():  # taken: its transaction decides
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(future)
+        if future.cancelled() or future.exception() is not None:
+            raise asyncio.CancelledError
+        return future.result()  # committed: the caller goes on as if it had not been cancelled
+
+    async def _commit_queued(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._commit(batch)
+        except BaseException:
+            for _, future in self._queue:  # the loop is going away: so are their callers
+                future.cancel()
+            self._queue = []
+            raise
+        finally:
+            self._committer = None
+
+    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+        while batch:
+            results: list[Any] = []
+            failed: tuple[int, Exception] | None = None
+            try:
+                async with self._db.write_gate, self._db.engine.begin() as conn:
+                    for index, (work, _) in enumerate(batch):
+                        try:
+                            results.append(await work(conn))
+                        except Exception as exc:
+                            failed = (index, exc)
+                            raise _Rollback from exc
+            except _Rollback:
+                assert failed is not None
+                index, error = failed
+                _, future = batch.pop(index)
+                future.set_exception(error)
+                continue
+            except BaseException as exc:  # the commit failed, or the committer was cancelled
+                for _, future in batch:
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+            return

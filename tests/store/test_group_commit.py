@@ -1,0 +1,110 @@
+"""`Database.write`: on SQLite, concurrent writes share a commit; one write's failure or its
+caller's cancellation never changes what happens to the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gureum.store import Database
+from gureum.store.schema import accounts
+
+
+def _insert(account: str, then: Callable[[], Awaitable[Any]] | None = None):  # type: ignore[no-untyped-def]
+    async def work(conn: AsyncConnection) -> str:
+        await conn.execute(accounts.insert().values(id=account, name=account, created_at=0.0))
+        if then is not None:
+            await then()
+        return account
+
+    return work
+
+
+async def _stored(db: Database) -> set[str]:
+    async with db.engine.connect() as conn:
+        return {row[0] for row in await conn.execute(sa.select(accounts.c.id))}
+
+
+async def _open(tmp_path: Path) -> tuple[Database, list[int]]:
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+    commits: list[int] = []
+    sa.event.listen(db.engine.sync_engine, "commit", lambda conn: commits.append(1))
+    return db, commits
+
+
+def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, commits = await _open(tmp_path)
+        names = [f"{n:012d}" for n in range(40)]
+        results = await asyncio.gather(*(db.write(_insert(name)) for name in names))
+        assert results == names
+        assert await _stored(db) == set(names)
+        # the first write commits alone, the 39 queued behind it together
+        assert len(commits) <= 3, commits
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_write_fails_alone(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, _ = await _open(tmp_path)
+
+        async def fail() -> None:
+            raise ValueError("this write is broken")
+
+        good = [f"{n:012d}" for n in range(5)]
+        outcomes = await asyncio.gather(
+            *(db.write(_insert(name)) for name in good[:2]),
+            db.write(_insert("999999999999", fail)),  # inserted its row, then failed
+            *(db.write(_insert(name)) for name in good[2:]),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[2], ValueError)
+        assert [o for i, o in enumerate(outcomes) if i != 2] == good
+        assert await _stored(db) == set(good)  # the failed write's row was rolled back
+        # a duplicate key is the database's own error, and fails only its write too
+        duplicate = await asyncio.gather(
+            db.write(_insert(good[0])), db.write(_insert("888888888888")), return_exceptions=True
+        )
+        assert isinstance(duplicate[0], sa.exc.IntegrityError)
+        assert duplicate[1] == "888888888888"
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_cancelled_callers(tmp_path: Path) -> None:
+    """A caller cancelled while its write waits is never written; one cancelled after its
+    write was taken waits for that commit and gets its result."""
+
+    async def scenario() -> None:
+        db, _ = await _open(tmp_path)
+        inside, release = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            inside.set()
+            await release.wait()
+
+        taken = asyncio.create_task(db.write(_insert("000000000001", hold)))
+        await inside.wait()  # its transaction is open: the next writes queue
+        queued = asyncio.create_task(db.write(_insert("000000000002")))
+        await asyncio.sleep(0)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        taken.cancel()
+        await asyncio.sleep(0.05)
+        assert not taken.done()  # waits for its transaction instead of leaving it unknown
+        release.set()
+        assert await taken == "000000000001"
+        assert await _stored(db) == {"000000000001"}
+        await db.close()
+
+    asyncio.run(scenario())
