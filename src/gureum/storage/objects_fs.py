@@ -83,8 +83,9 @@ class _FileWriter:
     """Collects chunks without copying them and hands each batch to worker threads, one job
     per hash and one that writes it, so an upload's hashing and writing use separate cores
     while the event loop collects the next batch (a batch starts once the previous one is
-    done: hashes and file see the bytes in order). `commit` runs the last batch the same way,
-    then one more thread job: `check`, fsync, rename, directory fsync."""
+    done: hashes and file see the bytes in order). `commit` runs a large last batch the same
+    way, then one more thread job (with a small last batch in it): `check`, fsync, rename,
+    directory fsync."""
 
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
@@ -152,15 +153,25 @@ class _FileWriter:
         blob_id = secrets.token_hex(16)
         try:
             await self._wait_writing()
-            await self._process(self._take(), start_writeback=False)
-            await asyncio.to_thread(self._commit_sync, blob_id, check)
+            large = self._pending_size > FIRST_WRITE_BATCH
+            last = self._take()
+            if large:  # hashed and written on separate cores first
+                await self._process(last, start_writeback=False)
+                last = []
+            await asyncio.to_thread(self._commit_sync, last, blob_id, check)
         except BaseException:
             await self.abort()
             raise
         self._done = True
         return blob_id
 
-    def _commit_sync(self, blob_id: str, check: Callable[[], None] | None) -> None:
+    def _commit_sync(
+        self, last: list[Chunk], blob_id: str, check: Callable[[], None] | None
+    ) -> None:
+        if last:  # a small last batch: in this one thread job, not three
+            for digest in self._hashes:
+                _hash_batch(digest, last)
+            self._write_batch(last, start_writeback=False)
         if check is not None:
             check()
         if self._file is None:  # an empty blob
