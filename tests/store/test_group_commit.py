@@ -1,9 +1,11 @@
-"""`Database.write`: on SQLite, concurrent writes share a commit; one write's failure or its
-caller's cancellation never changes what happens to the others."""
+"""`Database.write`: on SQLite, concurrent writes share a commit (those with a direct sqlite3
+form in one trip to the group's thread); one write's failure or its caller's cancellation
+never changes what happens to the others."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,65 @@ def test_cancelled_callers(tmp_path: Path) -> None:
         release.set()
         assert await taken == "000000000001"
         assert await _stored(db) == {"000000000001"}
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def _direct(account: str, fail: bool = False):  # type: ignore[no-untyped-def]
+    def work(conn: sqlite3.Connection) -> str:
+        conn.execute(
+            "INSERT INTO accounts (id, name, created_at) VALUES (?, ?, 0)", (account, account)
+        )
+        if fail:
+            raise ValueError("this write is broken")
+        return account
+
+    return work
+
+
+def test_direct_writes_share_one_trip(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, commits = await _open(tmp_path)
+        group = db._group
+        assert group is not None
+        trips: list[int] = []
+        run = group._run
+
+        def counted(works: list[Any]) -> list[tuple[bool, Any]]:
+            trips.append(len(works))
+            return run(works)
+
+        group._run = counted  # type: ignore[method-assign]
+        names = [f"{n:012d}" for n in range(30)]
+        outcomes = await asyncio.gather(
+            *(db.write(_insert(n), sqlite=_direct(n, fail=n.endswith("7"))) for n in names),
+            db.write(_insert("999999999999")),  # no direct form: through the engine
+            return_exceptions=True,
+        )
+        failed = {n for n in names if n.endswith("7")}
+        for name, outcome in zip(names, outcomes, strict=False):
+            if name in failed:
+                assert isinstance(outcome, ValueError)
+            else:
+                assert outcome == name
+        assert outcomes[-1] == "999999999999"
+        assert await _stored(db) == (set(names) - failed) | {"999999999999"}
+        assert sum(trips) == len(names) and len(trips) <= 3, trips
+        assert len(commits) == 1  # the one engine write
+        await db.close()
+        await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_direct_writes_on_an_in_memory_database_take_the_engine(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open("sqlite+aiosqlite://")
+        assert await db.write(_insert("000000000004"), sqlite=_direct("000000000004")) == (
+            "000000000004"
+        )
+        assert await _stored(db) == {"000000000004"}
         await db.close()
 
     asyncio.run(scenario())

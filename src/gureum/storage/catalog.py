@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -145,7 +147,7 @@ def _upper_bound(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _object(row: sa.RowMapping) -> ObjectMeta:
+def _object(row: Mapping[Any, Any]) -> ObjectMeta:
     return ObjectMeta(
         bucket=row["bucket"],
         key=bytes(row["key"]).decode("utf-8"),
@@ -181,7 +183,7 @@ def _qmark(
     statement: sa.ClauseElement, columns: Sequence[str] | None = None
 ) -> tuple[str, tuple[str, ...]]:
     """`statement` as SQLite text with `?` placeholders, and the parameter names in their
-    order: for `_put_object_sqlite`, which runs the same statements past SQLAlchemy."""
+    order: for the direct SQLite writes, which run the same statements past SQLAlchemy."""
     compiled = statement.compile(
         dialect=sqlite.dialect(paramstyle="qmark"),
         column_keys=None if columns is None else list(columns),
@@ -193,6 +195,54 @@ def _qmark(
 _SQLITE_OLD_BLOB = _qmark(_OLD_BLOB)
 _SQLITE_INSERT_OBJECT = _qmark(_INSERT_OBJECT, ("bucket", "key", *_OBJECT_VALUES))
 _SQLITE_UPDATE_OBJECT = _qmark(_UPDATE_OBJECT, _OBJECT_VALUES)
+_OBJECT_AT = sa.and_(
+    s3_objects.c.bucket == sa.bindparam("bucket"), s3_objects.c.key == sa.bindparam("key")
+)
+_SQLITE_GET_OBJECT = _qmark(sa.select(s3_objects).where(_OBJECT_AT))
+_SQLITE_DELETE_OBJECT = _qmark(s3_objects.delete().where(_OBJECT_AT))
+
+
+def _object_values(meta: ObjectMeta) -> dict[str, Any]:
+    return {
+        "blob": meta.blob,
+        "size": meta.size,
+        "etag": meta.etag,
+        "last_modified": meta.last_modified,
+        "headers": json.dumps(meta.headers),
+    }
+
+
+def _sqlite(
+    conn: sqlite3.Connection, statement: tuple[str, tuple[str, ...]], params: dict[str, Any]
+) -> sqlite3.Cursor:
+    text, names = statement
+    return conn.execute(text, [params[name] for name in names])
+
+
+def _put_object_sqlite(meta: ObjectMeta, conn: sqlite3.Connection) -> str | None:
+    """`ObjectCatalog._put_object` for `Database.write`'s direct SQLite path: the same
+    statements, compiled once (`_qmark`), run with Python's sqlite3."""
+    raw = check_key(meta.key)
+    params = {"bucket": meta.bucket, "key": raw, "obj_bucket": meta.bucket, "obj_key": raw}
+    params.update(_object_values(meta))
+    found = _sqlite(conn, _SQLITE_OLD_BLOB, params).fetchone()
+    if found is None:
+        raise no_such_bucket(meta.bucket)
+    old: str | None = found[1]
+    _sqlite(conn, _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT, params)
+    return old
+
+
+def _delete_object_sqlite(bucket: str, raw: bytes, conn: sqlite3.Connection) -> ObjectMeta | None:
+    """`ObjectCatalog.delete_object`'s write (without `also`) for the direct SQLite path."""
+    params = {"bucket": bucket, "key": raw}
+    cursor = _sqlite(conn, _SQLITE_GET_OBJECT, params)
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    _sqlite(conn, _SQLITE_DELETE_OBJECT, params)
+    return _object({d[0]: value for d, value in zip(cursor.description, row, strict=True)})
+
 
 # an object and its bucket in one round trip; built once, so SQLAlchemy caches it whole
 _LOOKUP = (
@@ -378,49 +428,22 @@ class ObjectCatalog:
 
         self._forget(meta.bucket, meta.key)
         try:
-            return await self.db.write(write)
+            direct = partial(_put_object_sqlite, meta) if also is None else None
+            return await self.db.write(write, sqlite=direct)
         finally:
             self._forget(meta.bucket, meta.key)
 
     async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
-        raw = check_key(meta.key)
-        keys = {"bucket": meta.bucket, "key": raw}
-        values = {
-            "blob": meta.blob,
-            "size": meta.size,
-            "etag": meta.etag,
-            "last_modified": meta.last_modified,
-            "headers": json.dumps(meta.headers),
-        }
-        where = {"obj_bucket": meta.bucket, "obj_key": raw}
-        if self.db.dialect == "sqlite":
-            return await self._put_object_sqlite(conn, {**keys, **values, **where})
+        keys = {"bucket": meta.bucket, "key": check_key(meta.key)}
         found = (await conn.execute(_OLD_BLOB, keys)).first()
         if found is None:
             raise no_such_bucket(meta.bucket)
         old: str | None = found.blob
         if old is None:
-            await conn.execute(_INSERT_OBJECT, {**keys, **values})
+            await conn.execute(_INSERT_OBJECT, {**keys, **_object_values(meta)})
         else:
-            await conn.execute(_UPDATE_OBJECT, {**where, **values})
-        return old
-
-    async def _put_object_sqlite(self, conn: AsyncConnection, params: dict[str, Any]) -> str | None:
-        """`_put_object`'s statements straight through aiosqlite, on the transaction's own
-        connection (so in the same transaction): one round trip to its thread per statement,
-        where SQLAlchemy's adapter makes three or four (cursor, execute, fetch, close)."""
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
-
-        async def run(statement: tuple[str, tuple[str, ...]]) -> list[Any]:
-            text, names = statement
-            return list(await driver.execute_fetchall(text, [params[n] for n in names]))
-
-        found = await run(_SQLITE_OLD_BLOB)
-        if not found:
-            raise no_such_bucket(params["bucket"])
-        old: str | None = found[0][1]
-        await run(_SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT)
+            where = {"obj_bucket": meta.bucket, "obj_key": keys["key"]}
+            await conn.execute(_UPDATE_OBJECT, {**where, **_object_values(meta)})
         return old
 
     async def get_object(self, bucket: str, key: str) -> ObjectMeta | None:
@@ -482,7 +505,8 @@ class ObjectCatalog:
 
         self._forget(bucket, key)
         try:
-            return await self.db.write(write)
+            direct = partial(_delete_object_sqlite, bucket, raw) if also is None else None
+            return await self.db.write(write, sqlite=direct)
         finally:
             self._forget(bucket, key)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +22,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 WriteGate = contextlib.AbstractAsyncContextManager[Any]
 T = TypeVar("T")
-# A write for `Database.write`: its statements on the transaction's connection, and its result.
+# A write for `Database.write`: its statements on the transaction's connection, and its result;
+# and the same write for Python's sqlite3, which SQLite databases may run instead.
 Work = Callable[[AsyncConnection], Awaitable[Any]]
+DirectWork = Callable[[sqlite3.Connection], Any]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -57,13 +62,19 @@ class Database:
         )
         self._group = _GroupCommit(self) if self.dialect == "sqlite" else None
 
-    async def write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def write(
+        self,
+        work: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        sqlite: Callable[[sqlite3.Connection], T] | None = None,
+    ) -> T:
         """Run `work` in a write transaction and return its result once that committed.
         On SQLite, writes that arrive while a transaction commits share the next one: one
-        commit (one fsync) for all of them (see `_GroupCommit`). `work` must be safe to run
-        again: it is, when another write of its transaction fails."""
+        commit (one fsync) for all of them, and those given as `sqlite` too (the same write
+        for Python's sqlite3) run in one trip to a thread (see `_GroupCommit`). `work` must be
+        safe to run again: it is, when another write of its transaction fails."""
         if self._group is not None:
-            result: T = await self._group.run(work)
+            result: T = await self._group.run(work, sqlite)
             return result
         async with self.write_gate, self.engine.begin() as conn:
             return await work(conn)
@@ -97,6 +108,8 @@ class Database:
         return cls(engine)
 
     async def close(self) -> None:
+        if self._group is not None:
+            await self._group.close()
         await self.engine.dispose()
 
 
@@ -104,32 +117,47 @@ class _Rollback(Exception):
     """Raised to roll a group back after one of its writes failed."""
 
 
+@dataclass(slots=True)
+class _Entry:
+    work: Work
+    direct: DirectWork | None
+    future: asyncio.Future[Any]
+
+
 class _GroupCommit:
     """Group commit for SQLite, where each commit waits for an fsync and writers take turns:
     writes queue while a transaction is being committed and then go together in the next one.
-    If one write raises, the transaction is rolled back, that write gets its exception and the
-    rest run again in a new transaction, so a write never commits with another's failure. A
-    caller cancelled after its write was taken waits for that transaction: if it committed,
-    the caller gets its result and goes on (its caller may depend on knowing, e.g. to delete
-    a blob only when nothing names it), else it sees the cancellation."""
+    Writes with a `direct` form run in one trip to a thread of the group's own, on its own
+    sqlite3 connection, each in a savepoint (a failing one is rolled back alone); the others
+    run on an engine connection, where one statement is one trip to a thread: there, if one
+    write raises, the transaction is rolled back, that write gets its exception and the rest
+    run again in a new one. Either way a write never commits with another's failure. A caller
+    cancelled after its write was taken waits for that transaction: if it committed, the
+    caller gets its result and goes on (its caller may depend on knowing, e.g. to delete a
+    blob only when nothing names it), else it sees the cancellation."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._queue: list[_Entry] = []
         self._committer: asyncio.Task[None] | None = None
+        path = db.engine.url.database
+        # an in-memory database is one per connection: only the engine's can be used
+        self._path = path if path and path != ":memory:" else None
+        self._thread: ThreadPoolExecutor | None = None
+        self._connection: sqlite3.Connection | None = None
 
-    async def run(self, work: Work) -> Any:
-        entry = (work, asyncio.get_running_loop().create_future())
+    async def run(self, work: Work, direct: DirectWork | None) -> Any:
+        entry = _Entry(work, direct, asyncio.get_running_loop().create_future())
         self._queue.append(entry)
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_queued())
-        future = entry[1]
         try:
-            return await asyncio.shield(future)
+            return await asyncio.shield(entry.future)
         except asyncio.CancelledError:
             if entry in self._queue:  # not taken yet: it never will be
                 self._queue.remove(entry)
                 raise
+        future = entry.future
         while not future.done():  # taken: its transaction decides
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(future)
@@ -141,42 +169,108 @@ class _GroupCommit:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                await self._commit(batch)
+                direct = [e for e in batch if e.direct is not None and self._path is not None]
+                if direct:
+                    await self._commit_direct(direct)
+                await self._commit([e for e in batch if e.direct is None or self._path is None])
         except BaseException:
-            for _, future in self._queue:  # the loop is going away: so are their callers
-                future.cancel()
+            for entry in self._queue:  # the loop is going away: so are their callers
+                entry.future.cancel()
             self._queue = []
             raise
         finally:
             self._committer = None
 
-    async def _commit(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    async def _commit_direct(self, batch: list[_Entry]) -> None:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="gureum-sqlite-writes")
+        works = [entry.direct for entry in batch if entry.direct is not None]
+        async with self._db.write_gate:
+            job = asyncio.get_running_loop().run_in_executor(self._thread, self._run, works)
+            cancelled = False
+            while not job.done():  # the thread commits or not regardless: learn which
+                try:
+                    await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    cancelled = True
+        error = job.exception()
+        if error is not None:
+            for entry in batch:
+                entry.future.set_exception(error)
+        else:
+            for entry, (ok, value) in zip(batch, job.result(), strict=True):
+                if ok:
+                    entry.future.set_result(value)
+                else:
+                    entry.future.set_exception(value)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _run(self, works: list[DirectWork]) -> list[tuple[bool, Any]]:
+        """In the group's thread: every write in one transaction, each in a savepoint."""
+        conn = self._connection
+        if conn is None:
+            assert self._path is not None
+            conn = sqlite3.connect(
+                self._path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            _sqlite_pragmas(conn, None)
+            self._connection = conn
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for work in works:
+                conn.execute("SAVEPOINT gureum_write")
+                try:
+                    value = work(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO gureum_write")
+                    outcomes.append((False, exc))
+                else:
+                    outcomes.append((True, value))
+                conn.execute("RELEASE gureum_write")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    async def _commit(self, batch: list[_Entry]) -> None:
         while batch:
             results: list[Any] = []
             failed: tuple[int, Exception] | None = None
             try:
                 async with self._db.write_gate, self._db.engine.begin() as conn:
-                    for index, (work, _) in enumerate(batch):
+                    for index, entry in enumerate(batch):
                         try:
-                            results.append(await work(conn))
+                            results.append(await entry.work(conn))
                         except Exception as exc:
                             failed = (index, exc)
                             raise _Rollback from exc
             except _Rollback:
                 assert failed is not None
                 index, error = failed
-                _, future = batch.pop(index)
-                future.set_exception(error)
+                batch.pop(index).future.set_exception(error)
                 continue
             except BaseException as exc:  # the commit failed, or the committer was cancelled
-                for _, future in batch:
+                for entry in batch:
                     if isinstance(exc, Exception):
-                        future.set_exception(exc)
+                        entry.future.set_exception(exc)
                     else:
-                        future.cancel()
+                        entry.future.cancel()
                 if not isinstance(exc, Exception):
                     raise
                 return
-            for (_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
+            for entry, result in zip(batch, results, strict=True):
+                entry.future.set_result(result)
             return
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, connection.close)
+        thread.shutdown()
