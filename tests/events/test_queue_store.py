@@ -18,13 +18,10 @@ ACCOUNT = "123456789012"
 
 
 async def _store(url: str) -> QueueStore:
-    store = QueueStore(await Database.open(url), "us-east-1", poll_s=0.05)
-    store.start()
-    return store
+    return QueueStore(await Database.open(url), "us-east-1", poll_s=0.05)
 
 
 async def _close(store: QueueStore) -> None:
-    await store.close()
     await store.db.close()
 
 

@@ -66,13 +66,18 @@ def test_a_failed_notification_write_leaves_no_object(
     _notify_queue(s3, sqs, bucket, url, arn)
     s3.put_object(Bucket=bucket, Key="before", Body=b"v1")
     assert _waiting(sqs, url) == 1
-    written = Delivery.write
+    written, written_sqlite = Delivery.write, Delivery.write_sqlite
 
     async def write_then_die(self: Delivery, conn: Any) -> None:
         await written(self, conn)  # the message row is in the transaction ...
         raise RuntimeError("the process died here")  # ... which never commits
 
+    def write_sqlite_then_die(self: Delivery, conn: Any) -> None:  # SQLite's direct path
+        written_sqlite(self, conn)
+        raise RuntimeError("the process died here")
+
     monkeypatch.setattr(Delivery, "write", write_then_die)
+    monkeypatch.setattr(Delivery, "write_sqlite", write_sqlite_then_die)
     for key in ("before", "new"):
         with pytest.raises(ClientError) as failed:
             s3.put_object(Bucket=bucket, Key=key, Body=b"v2")

@@ -44,7 +44,6 @@ class EventHub:
         self._closed = False
 
     async def start(self) -> None:
-        self.queues.start()
         await self.mappings.start()
         self.schedules.start()
 
@@ -54,4 +53,3 @@ class EventHub:
         self._closed = True
         await self.schedules.close()
         await self.mappings.close()
-        await self.queues.close()

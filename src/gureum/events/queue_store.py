@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,7 +34,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.errors import SQSError
-from gureum.events.async_invoke import GroupCommitter
 from gureum.events.queues import (
     DEDUP_WINDOW_S,
     OutgoingMessage,
@@ -44,12 +44,20 @@ from gureum.events.queues import (
     validate_queue_name,
 )
 from gureum.store import Database
+from gureum.store.database import run_sqlite, sqlite_statement
 from gureum.store.schema import queue_dedup, queue_messages, queues
 
 RETENTION_SWEEP_S = 60.0
 QUEUE_CACHE_TTL_S = 2.0
 QUEUE_CACHE_SIZE = 10_000
 m = queue_messages.c
+# built once: `Database.execute` caches their SQLite forms
+_INSERT_MESSAGE = queue_messages.insert()
+_DELETE_BY_RECEIPT = queue_messages.delete().where(
+    m.id == sa.bindparam("row_id"),
+    m.queue_id == sa.bindparam("queue"),
+    m.receipt == sa.bindparam("token"),
+)
 
 
 @dataclass(frozen=True)
@@ -115,25 +123,7 @@ class QueueStore:
         self.poll_s = poll_s
         self._arrivals: dict[int, asyncio.Event] = {}
         self._queues: dict[tuple[str, str], tuple[Queue, float]] = {}
-        self._committer = GroupCommitter(db, queue_messages.insert())
-        # deletes by receipt handle, group-committed like sends
-        self._deleter = GroupCommitter(
-            db,
-            queue_messages.delete().where(
-                m.id == sa.bindparam("row_id"),
-                m.queue_id == sa.bindparam("queue"),
-                m.receipt == sa.bindparam("token"),
-            ),
-        )
         self._last_sweep: dict[int, float] = {}
-
-    def start(self) -> None:
-        self._committer.start()
-        self._deleter.start()
-
-    async def close(self) -> None:
-        await self._committer.close()
-        await self._deleter.close()
 
     # ---- queues ------------------------------------------------------------------------------
 
@@ -292,7 +282,8 @@ class QueueStore:
             results = await self._send_fifo(queue, messages, now)
         else:
             rows = [self._row(queue, message, now) for message in messages]
-            await asyncio.gather(*(self._committer.submit(row) for row in rows))
+            # concurrent sends share a commit (`Database.write`)
+            await asyncio.gather(*(self.db.execute(_INSERT_MESSAGE, row) for row in rows))
             results = [
                 SendResult(row["message_id"], row["md5_body"], row["md5_attributes"], None)
                 for row in rows
@@ -303,7 +294,15 @@ class QueueStore:
     async def send_in(self, conn: AsyncConnection, queue: Queue, message: OutgoingMessage) -> str:
         """Insert a (standard-queue) message inside the caller's transaction; its message id."""
         row = self._row(queue, message, time.time())
-        await conn.execute(queue_messages.insert().values(**row))
+        await conn.execute(_INSERT_MESSAGE, row)
+        return str(row["message_id"])
+
+    def send_in_sqlite(
+        self, conn: sqlite3.Connection, queue: Queue, message: OutgoingMessage
+    ) -> str:
+        """`send_in` with Python's sqlite3, for `Database.write`'s direct path."""
+        row = self._row(queue, message, time.time())
+        run_sqlite(conn, sqlite_statement(_INSERT_MESSAGE, tuple(row)), row)
         return str(row["message_id"])
 
     async def _send_fifo(
@@ -535,7 +534,9 @@ class QueueStore:
         parsed = [parse_receipt(queue, handle) for handle in handles]
         await asyncio.gather(
             *(
-                self._deleter.submit({"row_id": row_id, "queue": queue.id, "token": token})
+                self.db.execute(
+                    _DELETE_BY_RECEIPT, {"row_id": row_id, "queue": queue.id, "token": token}
+                )
                 for row_id, token in parsed
             )
         )

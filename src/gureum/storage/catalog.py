@@ -17,19 +17,18 @@ import re
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.compiler import SQLCompiler
 
 from gureum.errors import S3Error
 from gureum.store import Database
+from gureum.store.database import run_sqlite, sqlite_statement
 from gureum.store.schema import s3_buckets, s3_objects, s3_parts, s3_uploads
 
 MAX_KEY_BYTES = 1024
@@ -41,8 +40,16 @@ OBJECT_CACHE_SIZE = 10_000
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
+
+
 # more writes to make in a change's transaction (its notifications)
-AlsoWrite = Callable[[AsyncConnection], Awaitable[None]]
+class AlsoWrite(Protocol):
+    """Writes that go into the same transaction as an object change (its notifications)."""
+
+    async def write(self, conn: AsyncConnection) -> None: ...
+
+    def write_sqlite(self, conn: sqlite3.Connection) -> None:
+        """`write` with Python's sqlite3, for `Database.write`'s direct path."""
 
 
 @dataclass(frozen=True)
@@ -179,27 +186,14 @@ _OBJECT_VALUES = ("blob", "size", "etag", "last_modified", "headers")
 _INSERT_OBJECT = s3_objects.insert()
 
 
-def _qmark(
-    statement: sa.ClauseElement, columns: Sequence[str] | None = None
-) -> tuple[str, tuple[str, ...]]:
-    """`statement` as SQLite text with `?` placeholders, and the parameter names in their
-    order: for the direct SQLite writes, which run the same statements past SQLAlchemy."""
-    compiled = statement.compile(
-        dialect=sqlite.dialect(paramstyle="qmark"),
-        column_keys=None if columns is None else list(columns),
-    )
-    assert isinstance(compiled, SQLCompiler)
-    return str(compiled), tuple(compiled.positiontup or ())
-
-
-_SQLITE_OLD_BLOB = _qmark(_OLD_BLOB)
-_SQLITE_INSERT_OBJECT = _qmark(_INSERT_OBJECT, ("bucket", "key", *_OBJECT_VALUES))
-_SQLITE_UPDATE_OBJECT = _qmark(_UPDATE_OBJECT, _OBJECT_VALUES)
+_SQLITE_OLD_BLOB = sqlite_statement(_OLD_BLOB)
+_SQLITE_INSERT_OBJECT = sqlite_statement(_INSERT_OBJECT, ("bucket", "key", *_OBJECT_VALUES))
+_SQLITE_UPDATE_OBJECT = sqlite_statement(_UPDATE_OBJECT, _OBJECT_VALUES)
 _OBJECT_AT = sa.and_(
     s3_objects.c.bucket == sa.bindparam("bucket"), s3_objects.c.key == sa.bindparam("key")
 )
-_SQLITE_GET_OBJECT = _qmark(sa.select(s3_objects).where(_OBJECT_AT))
-_SQLITE_DELETE_OBJECT = _qmark(s3_objects.delete().where(_OBJECT_AT))
+_SQLITE_GET_OBJECT = sqlite_statement(sa.select(s3_objects).where(_OBJECT_AT))
+_SQLITE_DELETE_OBJECT = sqlite_statement(s3_objects.delete().where(_OBJECT_AT))
 
 
 def _object_values(meta: ObjectMeta) -> dict[str, Any]:
@@ -212,35 +206,36 @@ def _object_values(meta: ObjectMeta) -> dict[str, Any]:
     }
 
 
-def _sqlite(
-    conn: sqlite3.Connection, statement: tuple[str, tuple[str, ...]], params: dict[str, Any]
-) -> sqlite3.Cursor:
-    text, names = statement
-    return conn.execute(text, [params[name] for name in names])
-
-
-def _put_object_sqlite(meta: ObjectMeta, conn: sqlite3.Connection) -> str | None:
+def _put_object_sqlite(
+    meta: ObjectMeta, also: AlsoWrite | None, conn: sqlite3.Connection
+) -> str | None:
     """`ObjectCatalog._put_object` for `Database.write`'s direct SQLite path: the same
-    statements, compiled once (`_qmark`), run with Python's sqlite3."""
+    statements, compiled once (`sqlite_statement`), run with Python's sqlite3."""
     raw = check_key(meta.key)
     params = {"bucket": meta.bucket, "key": raw, "obj_bucket": meta.bucket, "obj_key": raw}
     params.update(_object_values(meta))
-    found = _sqlite(conn, _SQLITE_OLD_BLOB, params).fetchone()
+    found = run_sqlite(conn, _SQLITE_OLD_BLOB, params).fetchone()
     if found is None:
         raise no_such_bucket(meta.bucket)
     old: str | None = found[1]
-    _sqlite(conn, _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT, params)
+    run_sqlite(conn, _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT, params)
+    if also is not None:
+        also.write_sqlite(conn)
     return old
 
 
-def _delete_object_sqlite(bucket: str, raw: bytes, conn: sqlite3.Connection) -> ObjectMeta | None:
-    """`ObjectCatalog.delete_object`'s write (without `also`) for the direct SQLite path."""
+def _delete_object_sqlite(
+    bucket: str, raw: bytes, also: AlsoWrite | None, conn: sqlite3.Connection
+) -> ObjectMeta | None:
+    """`ObjectCatalog.delete_object`'s write for the direct SQLite path."""
     params = {"bucket": bucket, "key": raw}
-    cursor = _sqlite(conn, _SQLITE_GET_OBJECT, params)
+    cursor = run_sqlite(conn, _SQLITE_GET_OBJECT, params)
     row = cursor.fetchone()
     if row is None:
         return None
-    _sqlite(conn, _SQLITE_DELETE_OBJECT, params)
+    run_sqlite(conn, _SQLITE_DELETE_OBJECT, params)
+    if also is not None:
+        also.write_sqlite(conn)
     return _object({d[0]: value for d, value in zip(cursor.description, row, strict=True)})
 
 
@@ -423,13 +418,12 @@ class ObjectCatalog:
         async def write(conn: AsyncConnection) -> str | None:
             old = await self._put_object(conn, meta)
             if also is not None:
-                await also(conn)
+                await also.write(conn)
             return old
 
         self._forget(meta.bucket, meta.key)
         try:
-            direct = partial(_put_object_sqlite, meta) if also is None else None
-            return await self.db.write(write, sqlite=direct)
+            return await self.db.write(write, sqlite=partial(_put_object_sqlite, meta, also))
         finally:
             self._forget(meta.bucket, meta.key)
 
@@ -500,12 +494,12 @@ class ObjectCatalog:
                 return None
             await conn.execute(s3_objects.delete().where(where))
             if also is not None:
-                await also(conn)
+                await also.write(conn)
             return _object(row)
 
         self._forget(bucket, key)
         try:
-            direct = partial(_delete_object_sqlite, bucket, raw) if also is None else None
+            direct = partial(_delete_object_sqlite, bucket, raw, also)
             return await self.db.write(write, sqlite=direct)
         finally:
             self._forget(bucket, key)
@@ -751,5 +745,5 @@ class ObjectCatalog:
                 if old is not None:
                     blobs.append(old)
             if also is not None:
-                await also(conn)
+                await also.write(conn)
         return blobs

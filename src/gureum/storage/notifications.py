@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import time
 import uuid
 from collections import deque
@@ -41,9 +42,11 @@ from gureum.errors import S3Error, SQSError
 from gureum.events.base import EventJournal
 from gureum.events.queue_store import QueueStore
 from gureum.events.queues import OutgoingMessage, Queue
+from gureum.store.database import run_sqlite, sqlite_statement
 from gureum.store.schema import async_events
 
 log = logging.getLogger(__name__)
+_INSERT_EVENT = async_events.insert()  # built once: its SQLite form is cached
 MAX_CHAIN_DEPTH = 16
 CHAIN_WINDOW_S = 300.0
 EVENT_TYPES = frozenset(
@@ -222,9 +225,16 @@ class Delivery:
 
     async def write(self, conn: AsyncConnection) -> None:
         for row in self.events:
-            await conn.execute(async_events.insert().values(**row))
+            await conn.execute(_INSERT_EVENT, row)
         for queue, message in self.messages:
             await self.queues.send_in(conn, queue, message)
+
+    def write_sqlite(self, conn: sqlite3.Connection) -> None:
+        """`write` with Python's sqlite3, for `Database.write`'s direct path."""
+        for row in self.events:
+            run_sqlite(conn, sqlite_statement(_INSERT_EVENT, tuple(row)), row)
+        for queue, message in self.messages:
+            self.queues.send_in_sqlite(conn, queue, message)
 
     def announce(self) -> None:
         if self.events:

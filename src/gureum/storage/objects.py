@@ -122,7 +122,7 @@ class ObjectStore:
         """Commit `meta` with its notifications; on failure, its blob is deleted."""
         try:
             delivery = await self._delivery(bucket, event, meta.key, meta, ctx)
-            old = await self.catalog.put_object(meta, delivery.write if delivery else None)
+            old = await self.catalog.put_object(meta, delivery)
         except BaseException:
             await self._discard([meta.blob])
             raise
@@ -204,9 +204,7 @@ class ObjectStore:
         """DeleteObject: deleting a missing key succeeds, as on S3."""
         found = await self.catalog.get_bucket(bucket)
         delivery = await self._delivery(found, "s3:ObjectRemoved:Delete", key, None, ctx)
-        removed = await self.catalog.delete_object(
-            bucket, key, delivery.write if delivery else None
-        )
+        removed = await self.catalog.delete_object(bucket, key, delivery)
         if removed is None:
             return
         await self._discard([removed.blob])
@@ -337,9 +335,7 @@ class ObjectStore:
         event = "s3:ObjectCreated:CompleteMultipartUpload"
         try:
             delivery = await self._delivery(found, event, key, meta, ctx)
-            freed = await self.catalog.finish_upload(
-                upload_id, meta, delivery.write if delivery else None
-            )
+            freed = await self.catalog.finish_upload(upload_id, meta, delivery)
         except BaseException:
             await self._discard([blob])
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from gureum.errors import ConfigurationError
 
@@ -26,6 +29,29 @@ T = TypeVar("T")
 # and the same write for Python's sqlite3, which SQLite databases may run instead.
 Work = Callable[[AsyncConnection], Awaitable[Any]]
 DirectWork = Callable[[sqlite3.Connection], Any]
+
+
+@functools.lru_cache(maxsize=256)
+def sqlite_statement(
+    statement: sa.ClauseElement, columns: tuple[str, ...] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """`statement` as SQLite text with `?` placeholders, and the names of its parameters in
+    their order (`columns`: an insert's or update's columns): for writes' direct forms, which
+    run the same statements past SQLAlchemy. Cached: pass statements built once."""
+    compiled = statement.compile(
+        dialect=sqlite_dialect.dialect(paramstyle="qmark"),
+        column_keys=None if columns is None else list(columns),
+    )
+    assert isinstance(compiled, SQLCompiler)
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+def run_sqlite(
+    conn: sqlite3.Connection, statement: tuple[str, tuple[str, ...]], params: dict[str, Any]
+) -> sqlite3.Cursor:
+    """Run a `sqlite_statement` with the parameters it names taken from `params`."""
+    text, names = statement
+    return conn.execute(text, [params[name] for name in names])
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -79,6 +105,19 @@ class Database:
         async with self.write_gate, self.engine.begin() as conn:
             return await work(conn)
 
+    async def execute(self, statement: sa.Executable, params: dict[str, Any]) -> int:
+        """One statement as a `write` (with its direct form on SQLite); its rowcount."""
+
+        async def work(conn: AsyncConnection) -> int:
+            return (await conn.execute(statement, params)).rowcount
+
+        direct = None
+        if self._group is not None:
+            assert isinstance(statement, sa.ClauseElement)
+            compiled = sqlite_statement(statement, tuple(params))
+            direct = functools.partial(_rowcount, compiled, params)
+        return await self.write(work, sqlite=direct)
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
@@ -111,6 +150,12 @@ class Database:
         if self._group is not None:
             await self._group.close()
         await self.engine.dispose()
+
+
+def _rowcount(
+    statement: tuple[str, tuple[str, ...]], params: dict[str, Any], conn: sqlite3.Connection
+) -> int:
+    return run_sqlite(conn, statement, params).rowcount
 
 
 class _Rollback(Exception):
