@@ -308,6 +308,37 @@ class Cell:
     server_cpu_ms_per_op: float
     foreign_cores: float
 
+    @classmethod
+    def of(
+        cls,
+        target: str,
+        op: str,
+        size: tuple[str, int, int, int],
+        latencies: list[float],
+        wall: float,
+        server_cpu_s: float,
+        busy_cpu_s: float,
+    ) -> Cell:
+        """A measured cell; `busy_cpu_s`: what all cores spent busy meanwhile."""
+        label, nbytes, workers, _ = size
+        count = len(latencies)
+        return cls(
+            target,
+            op,
+            label,
+            nbytes,
+            workers,
+            count,
+            wall,
+            count / wall,
+            count * nbytes / MIB / wall,
+            percentile(latencies, 0.50) * 1000,
+            percentile(latencies, 0.99) * 1000,
+            server_cpu_s / count * 1000,
+            # everything busy that is not the server: the client here plus anything else
+            max(0.0, busy_cpu_s - server_cpu_s) / wall,
+        )
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -339,23 +370,7 @@ def measure(
     if op == "PUT":  # what was stored must read back whole
         check = target.request("GET", names[0][0], b"", payload)
         _send_each(target, [check], body, method="GET")
-    count = len(latencies)
-    return Cell(
-        target.name,
-        op,
-        label,
-        nbytes,
-        workers,
-        count,
-        wall,
-        count / wall,
-        count * nbytes / MIB / wall,
-        percentile(latencies, 0.50) * 1000,
-        percentile(latencies, 0.99) * 1000,
-        server_cpu / count * 1000,
-        # everything busy that is not the server: the client here plus anything else
-        max(0.0, busy_after - busy_before - server_cpu) / wall,
-    )
+    return Cell.of(target.name, op, size, latencies, wall, server_cpu, busy_after - busy_before)
 
 
 def measure_floor(work: Path, size: tuple[str, int, int, int], duration_s: float) -> Cell:
@@ -419,22 +434,7 @@ def measure_floor(work: Path, size: tuple[str, int, int, int], duration_s: float
     own = sum(os.times()[:2]) - own_before
     busy = busy_cpu_s() - busy_before
     shutil.rmtree(root)
-    count = len(latencies)
-    return Cell(
-        "floor",
-        "PUT",
-        label,
-        nbytes,
-        workers,
-        count,
-        wall,
-        count / wall,
-        count * nbytes / MIB / wall,
-        percentile(latencies, 0.50) * 1000,
-        percentile(latencies, 0.99) * 1000,
-        own / count * 1000,
-        max(0.0, busy - own) / wall,
-    )
+    return Cell.of("floor", "PUT", size, latencies, wall, own, busy)
 
 
 def _send_each(target: Target, reqs: list[Req], body: bytes, method: str = "PUT") -> None:
