@@ -169,3 +169,23 @@ def test_direct_writes_on_an_in_memory_database_take_the_engine(tmp_path: Path) 
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_execute_many_is_one_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db, commits = await _open(tmp_path)
+        rows = [{"id": f"{n:012d}", "name": f"a{n}", "created_at": 0.0} for n in range(3)]
+        await db.execute_many(accounts.insert(), [])  # nothing to write: no transaction
+        await asyncio.gather(
+            db.execute_many(accounts.insert(), rows[:2]),
+            db.execute_many(accounts.insert(), rows[2:]),
+        )
+        assert await _stored(db) == {row["id"] for row in rows}
+        assert commits == []  # both took the direct path, not the engine's
+        duplicate = [{"id": "000000000009", "name": "a9", "created_at": 0.0}, rows[0]]
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.execute_many(accounts.insert(), duplicate)
+        assert "000000000009" not in await _stored(db)  # all of one write, or none of it
+        await db.close()
+
+    asyncio.run(scenario())

@@ -51,7 +51,7 @@ RETENTION_SWEEP_S = 60.0
 QUEUE_CACHE_TTL_S = 2.0
 QUEUE_CACHE_SIZE = 10_000
 m = queue_messages.c
-# built once: `Database.execute` caches their SQLite forms
+# built once: `Database.execute_many` caches their SQLite forms
 _INSERT_MESSAGE = queue_messages.insert()
 _DELETE_BY_RECEIPT = queue_messages.delete().where(
     m.id == sa.bindparam("row_id"),
@@ -282,8 +282,8 @@ class QueueStore:
             results = await self._send_fifo(queue, messages, now)
         else:
             rows = [self._row(queue, message, now) for message in messages]
-            # concurrent sends share a commit (`Database.write`)
-            await asyncio.gather(*(self.db.execute(_INSERT_MESSAGE, row) for row in rows))
+            # one write, which concurrent sends share a commit with (`Database.write`)
+            await self.db.execute_many(_INSERT_MESSAGE, rows)
             results = [
                 SendResult(row["message_id"], row["md5_body"], row["md5_attributes"], None)
                 for row in rows
@@ -532,13 +532,9 @@ class QueueStore:
     async def delete(self, queue: Queue, handles: list[str]) -> None:
         """Delete messages by receipt handle (all handles are validated first)."""
         parsed = [parse_receipt(queue, handle) for handle in handles]
-        await asyncio.gather(
-            *(
-                self.db.execute(
-                    _DELETE_BY_RECEIPT, {"row_id": row_id, "queue": queue.id, "token": token}
-                )
-                for row_id, token in parsed
-            )
+        await self.db.execute_many(
+            _DELETE_BY_RECEIPT,
+            [{"row_id": row_id, "queue": queue.id, "token": token} for row_id, token in parsed],
         )
 
     async def change_visibility(self, queue: Queue, handle: str, visibility_s: int) -> None:

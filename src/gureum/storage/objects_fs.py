@@ -156,7 +156,8 @@ class _FileWriter:
             large = self._pending_size > FIRST_WRITE_BATCH
             last = self._take()
             if large:  # hashed and written on separate cores first
-                await self._process(last, start_writeback=False)
+                self._writing = asyncio.ensure_future(self._process(last, start_writeback=False))
+                await self._wait_writing()
                 last = []
             await asyncio.to_thread(self._commit_sync, last, blob_id, check)
         except BaseException:

@@ -105,18 +105,21 @@ class Database:
         async with self.write_gate, self.engine.begin() as conn:
             return await work(conn)
 
-    async def execute(self, statement: sa.Executable, params: dict[str, Any]) -> int:
-        """One statement as a `write` (with its direct form on SQLite); its rowcount."""
+    async def execute_many(self, statement: sa.Executable, rows: list[dict[str, Any]]) -> None:
+        """One statement for each of `rows` (parameter sets with the same keys), as one
+        `write` (with its direct form on SQLite)."""
+        if not rows:
+            return
 
-        async def work(conn: AsyncConnection) -> int:
-            return (await conn.execute(statement, params)).rowcount
+        async def work(conn: AsyncConnection) -> None:
+            await conn.execute(statement, rows)
 
         direct = None
         if self._group is not None:
             assert isinstance(statement, sa.ClauseElement)
-            compiled = sqlite_statement(statement, tuple(params))
-            direct = functools.partial(_rowcount, compiled, params)
-        return await self.write(work, sqlite=direct)
+            compiled = sqlite_statement(statement, tuple(rows[0]))
+            direct = functools.partial(_execute_many, compiled, rows)
+        await self.write(work, sqlite=direct)
 
     @property
     def dialect(self) -> str:
@@ -152,10 +155,11 @@ class Database:
         await self.engine.dispose()
 
 
-def _rowcount(
-    statement: tuple[str, tuple[str, ...]], params: dict[str, Any], conn: sqlite3.Connection
-) -> int:
-    return run_sqlite(conn, statement, params).rowcount
+def _execute_many(
+    statement: tuple[str, tuple[str, ...]], rows: list[dict[str, Any]], conn: sqlite3.Connection
+) -> None:
+    text, names = statement
+    conn.executemany(text, [[row[name] for name in names] for row in rows])
 
 
 class _Rollback(Exception):
@@ -211,6 +215,7 @@ class _GroupCommit:
         return future.result()  # committed: the caller goes on as if it had not been cancelled
 
     async def _commit_queued(self) -> None:
+        batch: list[_Entry] = []
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
@@ -219,8 +224,9 @@ class _GroupCommit:
                     await self._commit_direct(direct)
                 await self._commit([e for e in batch if e.direct is None or self._path is None])
         except BaseException:
-            for entry in self._queue:  # the loop is going away: so are their callers
-                entry.future.cancel()
+            for entry in [*batch, *self._queue]:  # the loop is going away: so are their callers
+                if not entry.future.done():
+                    entry.future.cancel()
             self._queue = []
             raise
         finally:
