@@ -157,20 +157,24 @@ def linux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
         ("web", 1024, "internet"),  # urllib and boto3 inside, like "probe"
         ("public", 1024, "internet"),
     ):
-        lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role="r",
-            Handler="app.handler",
-            Code={"ZipFile": code},
-            MemorySize=memory,
-            Timeout=10,
-        )
+        _create(lam, name, code, memory)
         if network != "platform":
             allow = ["127.0.0.2"] if name == "web" else []
             _set_network(running, name, network, allow)
     yield running
     running.stop()
+
+
+def _create(lam: Any, name: str, code: bytes, memory_mb: int) -> None:
+    lam.create_function(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": code},
+        MemorySize=memory_mb,
+        Timeout=10,
+    )
 
 
 def _set_network(
@@ -274,15 +278,7 @@ def test_memory_limit_holds_from_the_first_line_of_function_code(
     # the module's import) runs before they are in force
     hog = "HOG = bytearray(400 << 20)\nfor i in range(0, len(HOG), 4096):\n    HOG[i] = 1\n"
     code = make_zip({"app.py": hog + "def handler(event, context):\n    return len(HOG)\n"})
-    linux_server.client("lambda").create_function(
-        FunctionName="greedy",
-        Runtime="python3.11",
-        Role="r",
-        Handler="app.handler",
-        Code={"ZipFile": code},
-        MemorySize=128,
-        Timeout=10,
-    )
+    _create(linux_server.client("lambda"), "greedy", code, 128)
     sandbox = linux_server.platform.sandbox
     assert isinstance(sandbox, LinuxSandbox)
     _healthy(linux_server)  # the zygote is up and refills its pre-spawned sandboxes

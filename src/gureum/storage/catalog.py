@@ -192,8 +192,10 @@ _SQLITE_UPDATE_OBJECT = sqlite_statement(_UPDATE_OBJECT, _OBJECT_VALUES)
 _OBJECT_AT = sa.and_(
     s3_objects.c.bucket == sa.bindparam("bucket"), s3_objects.c.key == sa.bindparam("key")
 )
-_SQLITE_GET_OBJECT = sqlite_statement(sa.select(s3_objects).where(_OBJECT_AT))
-_SQLITE_DELETE_OBJECT = sqlite_statement(s3_objects.delete().where(_OBJECT_AT))
+_GET_OBJECT = sa.select(s3_objects).where(_OBJECT_AT)
+_DELETE_OBJECT = s3_objects.delete().where(_OBJECT_AT)
+_SQLITE_GET_OBJECT = sqlite_statement(_GET_OBJECT)
+_SQLITE_DELETE_OBJECT = sqlite_statement(_DELETE_OBJECT)
 
 
 def _object_values(meta: ObjectMeta) -> dict[str, Any]:
@@ -486,13 +488,13 @@ class ObjectCatalog:
         """Remove an object (with the `also` writes in the same transaction, when there was
         one); return what was removed (None: there was nothing)."""
         raw = check_key(key)
-        where = sa.and_(s3_objects.c.bucket == bucket, s3_objects.c.key == raw)
+        params = {"bucket": bucket, "key": raw}
 
         async def write(conn: AsyncConnection) -> ObjectMeta | None:
-            row = (await conn.execute(sa.select(s3_objects).where(where))).mappings().first()
+            row = (await conn.execute(_GET_OBJECT, params)).mappings().first()
             if row is None:
                 return None
-            await conn.execute(s3_objects.delete().where(where))
+            await conn.execute(_DELETE_OBJECT, params)
             if also is not None:
                 await also.write(conn)
             return _object(row)

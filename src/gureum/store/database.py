@@ -196,6 +196,8 @@ class _GroupCommit:
         self._connection: sqlite3.Connection | None = None
 
     async def run(self, work: Work, direct: DirectWork | None) -> Any:
+        if self._path is None:
+            direct = None  # no connection of its own: the engine's path
         entry = _Entry(work, direct, asyncio.get_running_loop().create_future())
         self._queue.append(entry)
         if self._committer is None:
@@ -219,10 +221,10 @@ class _GroupCommit:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                direct = [e for e in batch if e.direct is not None and self._path is not None]
+                direct = [e for e in batch if e.direct is not None]
                 if direct:
                     await self._commit_direct(direct)
-                await self._commit([e for e in batch if e.direct is None or self._path is None])
+                await self._commit([e for e in batch if e.direct is None])
         except BaseException:
             for entry in [*batch, *self._queue]:  # the loop is going away: so are their callers
                 if not entry.future.done():
