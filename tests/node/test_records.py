@@ -98,6 +98,28 @@ def test_records_are_written_in_batches_and_queryable(database_url: str) -> None
     asyncio.run(scenario())
 
 
+def test_a_large_batch_is_written_whole_and_in_order(database_url: str) -> None:
+    """A batch is written as multi-row INSERTs of 512 and powers of two: every record lands,
+    in the order added, with its own values."""
+    count = 2 * records.MAX_ROWS_PER_INSERT + 77
+
+    async def scenario() -> None:
+        db = await Database.open(database_url)
+        recorder = InvocationRecorder(db)
+        try:
+            for n in range(count):
+                recorder.add(_record(f"req-{n}", billed_ms=n + 1, queue_ms=n / 8))
+            rows = await recorder.query(ACCOUNT, "f", limit=count + 1, newest_first=False)
+            assert [r["request_id"] for r in rows] == [f"req-{n}" for n in range(count)]
+            assert [r["billed_ms"] for r in rows] == [n + 1 for n in range(count)]
+            assert [r["queue_ms"] for r in rows] == [n / 8 for n in range(count)]
+        finally:
+            await recorder.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
 def test_records_are_flushed_in_the_background_and_on_close(database_url: str) -> None:
     async def scenario() -> None:
         db = await Database.open(database_url)
