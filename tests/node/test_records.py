@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 from gureum.node import records
-from gureum.node.records import InvocationLog, InvocationRecord, InvocationRecorder
+from gureum.node.records import (
+    InvocationLog,
+    InvocationRecord,
+    InvocationRecorder,
+    new_request_id,
+)
 from gureum.store import Database
 
 ACCOUNT = "123456789012"
@@ -52,6 +58,21 @@ def _record(
         log=log or _log(request_id),
     )
     return record._replace(**changes)
+
+
+def test_request_ids_are_time_ordered_uuids() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(2000)]
+    after_ms = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id  # canonical lower-case 8-4-4-4-12 form
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= parsed.int >> 80 <= after_ms
+    # ids made later sort later at millisecond resolution: the records' index grows at its end
+    stamps = [uuid.UUID(i).int >> 80 for i in ids]
+    assert stamps == sorted(stamps)
 
 
 def test_log_text_is_aws_shaped() -> None:

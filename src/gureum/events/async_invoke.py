@@ -24,7 +24,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +33,7 @@ from gureum.errors import ResourceNotFound, TooManyRequests
 from gureum.events.base import DestinationSink
 from gureum.events.invoke_configs import InvokeConfigs
 from gureum.node.dispatcher import Dispatcher, InvocationResult
+from gureum.node.records import new_request_id
 from gureum.store import Database
 from gureum.store.schema import async_events
 
@@ -147,7 +147,7 @@ class AsyncInvoker:
         such as the scheduler; call `wake()` after their commit)."""
         now = time.time()
         return {
-            "request_id": str(uuid.uuid4()),
+            "request_id": new_request_id(),
             "account_id": account,
             "function_name": name,
             "qualifier": qualifier or "",

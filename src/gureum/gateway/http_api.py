@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -41,6 +40,7 @@ from gureum.gateway.route_auth import RouteAuthorizer
 from gureum.gateway.routing import BadPath, RouteTable
 from gureum.iam.sigv4 import SecretLookup
 from gureum.node.dispatcher import Dispatcher, InvocationResult
+from gureum.node.records import new_request_id
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gureum.access")
@@ -98,7 +98,7 @@ class HttpApiGateway:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         started = time.perf_counter()
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         raw_path = raw_path.split("?", 1)[0]
         headers = header_map(scope["headers"])

@@ -18,7 +18,12 @@ from gureum.control.packages import PackageStore
 from gureum.control.registry import Registry
 from gureum.errors import ResourceNotFound, SandboxError
 from gureum.node.pool import InstancePool, VersionKey
-from gureum.node.records import InvocationLog, InvocationRecord, InvocationRecorder
+from gureum.node.records import (
+    InvocationLog,
+    InvocationRecord,
+    InvocationRecorder,
+    new_request_id,
+)
 from gureum.sandbox.base import InstanceSpec
 from gureum.sandbox.instance import InitFailed, InvokeOutcome
 
@@ -168,7 +173,7 @@ class Dispatcher:
     ) -> InvocationResult:
         """Run one invocation and wait for it. Function faults come back in the result;
         ResourceNotFound / TooManyRequests / SandboxError are raised."""
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or new_request_id()
         admitted = time.time()
         config, invoked_as = await self.registry.resolve(account, name, qualifier)
         reserved = await self.registry.reserved_concurrency(account, name)

@@ -7,6 +7,8 @@ import contextlib
 import functools
 import logging
 import math
+import os
+import time
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -21,6 +23,23 @@ FLUSH_BATCH = 500
 # Records per INSERT statement at most (x18 columns: within SQLite's and PostgreSQL's limits
 # of 32,766 parameters per statement).
 MAX_ROWS_PER_INSERT = 512
+
+
+def new_request_id() -> str:
+    """A fresh request id: a UUID of version 7 (RFC 9562), 48 bits of Unix time in ms, then
+    74 random bits. Ids made close in time sort close together, so the records' unique index
+    on them grows at its end instead of dirtying a random page per record (random UUIDs made
+    a batch of records rewrite one index page each)."""
+    random_bits = int.from_bytes(os.urandom(10)) >> 6
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (random_bits >> 62) << 64
+        | 0b10 << 62
+        | random_bits & ((1 << 62) - 1)
+    )
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _chunks(count: int) -> list[tuple[int, int]]:

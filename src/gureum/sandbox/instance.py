@@ -64,7 +64,9 @@ class _LogCollector(asyncio.Protocol):
         self._buffer = bytearray()
         self._dropped = 0
         self._waiters: dict[str, asyncio.Future[bytes]] = {}
-        self.closed = asyncio.get_running_loop().create_future()
+        # kept: asyncio.get_running_loop() costs a getpid() system call on every call
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
         # Awaited from the start: the marker may arrive before `Instance.start()` looks.
         self.init = self.segment("init")
 
@@ -109,7 +111,7 @@ class _LogCollector(asyncio.Protocol):
         """A future for the log up to the shim's end marker for `key`; call before it can come."""
         future = self._waiters.get(key)
         if future is None or future.done():
-            future = self._waiters[key] = asyncio.get_running_loop().create_future()
+            future = self._waiters[key] = self._loop.create_future()
         return future
 
     def rest(self) -> bytes:
@@ -137,6 +139,7 @@ class _ControlChannel(asyncio.Protocol):
         self._error: BaseException | None = None  # EOFError at end of stream, or ProtocolError
         self._waiter: asyncio.Future[tuple[dict[str, Any], bytes]] | None = None
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()  # see _LogCollector
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here
@@ -185,7 +188,7 @@ class _ControlChannel(asyncio.Protocol):
             return self._frames.pop(0)
         if self._error is not None:
             raise self._error
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter: asyncio.Future[tuple[dict[str, Any], bytes]]
         waiter = self._waiter = loop.create_future()
         timer = loop.call_later(timeout_s, _expire, waiter)
