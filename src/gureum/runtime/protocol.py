@@ -27,6 +27,8 @@ HEADER = struct.Struct(">II")
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20
 LOG_END_MARKER = b"\x1egureum-end "
+# One encoder for every header: json.dumps with options builds a new encoder on each call.
+_HEADER_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class ProtocolError(Exception):
@@ -34,7 +36,7 @@ class ProtocolError(Exception):
 
 
 def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = _HEADER_ENCODER.encode(header).encode()
     return HEADER.pack(len(raw), len(payload)) + raw + payload
 
 
@@ -47,7 +49,9 @@ def decode_lengths(prefix: bytes) -> tuple[int, int]:
 
 def decode_header(raw: bytes) -> dict[str, Any]:
     try:
-        header = json.loads(raw)
+        # decoded here, not by json.loads: a header is always UTF-8 (encode() writes ASCII),
+        # and json.loads would first guess the encoding of bytes
+        header = json.loads(raw.decode())
     except ValueError as exc:
         raise ProtocolError(f"bad frame header: {exc}") from None
     if not isinstance(header, dict):
