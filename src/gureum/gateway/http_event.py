@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
+
+import msgspec
 
 from gureum.control.routes import Api
 
@@ -34,6 +37,8 @@ _TEXT_TYPES = (
     "application/yaml",
 )
 _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
+# compact, UTF-8 as is (json.dumps's separators=(",", ":"), ensure_ascii=False) and ~10x faster
+_EVENT_ENCODER = msgspec.json.Encoder()
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -50,6 +55,11 @@ def is_text(content_type: str | None) -> bool:
 
 def clf_time(epoch: float) -> str:
     """Common-log-format time, as in requestContext.time: 12/Mar/2020:19:03:58 +0000."""
+    return _clf_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=4)  # every request of the same second shares one
+def _clf_second(epoch: int) -> str:
     t = time.gmtime(epoch)
     return (
         f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{time.strftime('%H:%M:%S', t)} +0000"
@@ -173,7 +183,7 @@ def build_event(
             event["isBase64Encoded"] = False
     else:
         event["isBase64Encoded"] = False
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    return _EVENT_ENCODER.encode(event)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,12 @@ class ProtocolError(Exception):
 
 
 def encode(header: dict[str, Any], payload: bytes = b"") -> bytes:
-    raw = _HEADER_ENCODER.encode(header).encode()
-    return HEADER.pack(len(raw), len(payload)) + raw + payload
+    return frame(_HEADER_ENCODER.encode(header).encode(), payload)
+
+
+def frame(raw_header: bytes, payload: bytes = b"") -> bytes:
+    """A frame around a header already encoded as JSON (the agent encodes its own)."""
+    return HEADER.pack(len(raw_header), len(payload)) + raw_header + payload
 
 
 def decode_lengths(prefix: bytes) -> tuple[int, int]:

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgspec
+
 from gureum.errors import SandboxError
 from gureum.runtime import protocol
 from gureum.sandbox.base import InstanceSpec, Sandbox, SandboxProcess
@@ -23,6 +25,17 @@ from gureum.sandbox.base import InstanceSpec, Sandbox, SandboxProcess
 INIT_TIMEOUT_S = 10.0  # AWS's limit for the init phase
 MAX_LOG_BYTES = 1 << 20  # kept per invocation; older output is dropped with a notice
 LOG_DRAIN_S = 0.2  # after a crash, how long to wait for the last log bytes
+# Frame headers on the agent's side, in ~0.5 us instead of the json module's ~3 us each way
+# (the shim, standard library only, uses `protocol.encode`/`decode_header`).
+_HEADER_ENCODER = msgspec.json.Encoder()
+_HEADER_DECODER = msgspec.json.Decoder(dict[str, Any])
+
+
+def _decode_header(raw: bytes) -> dict[str, Any]:
+    try:
+        return _HEADER_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:  # also the "not an object" ValidationError
+        raise protocol.ProtocolError(f"bad frame header: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ class _ControlChannel(asyncio.Protocol):
                 end = prefix + header_len + payload_len
                 if len(buffer) < end:
                     break
-                header = protocol.decode_header(bytes(buffer[prefix : prefix + header_len]))
+                header = _decode_header(bytes(buffer[prefix : prefix + header_len]))
             except protocol.ProtocolError as exc:
                 self._error = exc
                 break
@@ -372,7 +385,7 @@ class Instance:
                     if queued:
                         await self.initialise()  # an init that failed says why
                     raise ConnectionResetError("the instance has exited")
-                self._control.write(protocol.encode(header, event))
+                self._control.write(protocol.frame(_HEADER_ENCODER.encode(header), event))
                 if queued:
                     await self.initialise()
                     started = time.perf_counter()
