@@ -17,6 +17,7 @@ timeout (the route's `timeout_ms`, at most 30 s) runs out first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -203,8 +204,7 @@ class HttpApiGateway:
                 request_id=request_id,
             )
         )
-        done, _ = await asyncio.wait((task,), timeout=route.timeout_ms / 1000)
-        if not done:
+        if not await _finished_within(task, route.timeout_ms / 1000):
             self._pending.add(task)
             task.add_done_callback(self._forget)
             raise HttpApiError(504, "Gateway Timeout")
@@ -249,6 +249,26 @@ class HttpApiGateway:
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
         await send({"type": "http.response.body", "body": response.body})
         return response.status
+
+
+def _set_done(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _finished_within(task: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Wait for `task` at most `timeout_s`, never cancelling it: what `asyncio.wait` does for
+    one task, with one future and one timer instead of its sets, counters and coroutine."""
+    if not task.done():
+        loop = task.get_loop()
+        waiter = loop.create_future()
+        task.add_done_callback(functools.partial(_set_done, waiter))
+        timer = loop.call_later(timeout_s, _set_done, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+    return task.done()
 
 
 def _host_name(host: str) -> str:
