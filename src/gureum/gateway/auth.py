@@ -38,7 +38,10 @@ def claimed_service(scope: Scope) -> str | None:
         if name.lower() == b"authorization":
             match = _SCOPE.search(value.decode("latin-1"))
             return match.group(1) if match else None
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    raw_query: bytes = scope.get("query_string", b"")
+    if not raw_query:  # most requests: nothing to parse
+        return None
+    query = parse_qs(raw_query.decode("latin-1"))
     parts = query.get("X-Amz-Credential", [""])[0].split("/")
     return parts[3] if len(parts) == 5 else None
 

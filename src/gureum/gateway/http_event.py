@@ -19,7 +19,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import msgspec
@@ -186,8 +186,7 @@ def build_event(
     return _EVENT_ENCODER.encode(event)
 
 
-@dataclass(frozen=True)
-class HttpResponse:
+class HttpResponse(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: bytes

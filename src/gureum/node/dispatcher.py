@@ -8,10 +8,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gureum.control.models import FunctionConfig
 from gureum.control.packages import PackageStore
@@ -34,8 +33,7 @@ MAX_CACHED_PACKAGES = 4096
 CredentialIssuer = Callable[[str, str], tuple[str, str, str]]
 
 
-@dataclass(frozen=True)
-class InvocationResult:
+class InvocationResult(NamedTuple):
     """What an invoker gets back: the payload, and whether it is a function error."""
 
     request_id: str

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gureum.errors import TooManyRequests
 from gureum.sandbox.base import InstanceSpec, Sandbox
@@ -53,8 +53,7 @@ class _FunctionSlots:
     waiting: int = 0
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     """An instance handed to one invocation. Give it back with `InstancePool.release()`."""
 
     instance: Instance

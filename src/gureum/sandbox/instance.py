@@ -13,8 +13,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -38,8 +37,7 @@ def _decode_header(raw: bytes) -> dict[str, Any]:
         raise protocol.ProtocolError(f"bad frame header: {exc}") from None
 
 
-@dataclass(frozen=True)
-class InvokeOutcome:
+class InvokeOutcome(NamedTuple):
     """What became of one invocation. `payload` is the result JSON, or the error JSON."""
 
     status: str  # "success" | "error" (handler raised) | "timeout" | "crash"
