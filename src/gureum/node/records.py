@@ -69,8 +69,9 @@ def _insert_statement(dialect: sa.Dialect, rows: int) -> tuple[str, bool]:
     takes its parameters as one flat tuple, record after record (else by name, `column_i`).
 
     One statement per many rows rather than an executemany: SQLite's driver releases and
-    retakes the GIL for every row it steps, and under load each retake waits for the busy
-    event loop (a batch of 250 records took seconds instead of ~2 ms)."""
+    retakes the GIL for every row it steps, and each retake waits for the busy event loop to
+    let go of it (beside a thread busy in Python: 20,000 rows took 118 s as an executemany;
+    10,000 took 0.24 s as statements of 500 rows)."""
     insert = invocations.insert().values(
         [
             {name: sa.bindparam(f"{name}_{i}") for name in InvocationRecord._fields}
