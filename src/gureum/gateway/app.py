@@ -118,6 +118,7 @@ class GatewayApp:
         self._services: dict[str, Service] = {}
         self._management: ASGIApp | None = None
         self._user_routes: HttpApiGateway | None = None
+        self._s3: S3API | None = None
         # signing keys and recently verified requests, for this app's event loop only
         self._verification_cache = VerificationCache()
         if platform is not None:
@@ -129,8 +130,9 @@ class GatewayApp:
         self._services["sqs"] = Service(
             platform.events.sqs_api, sqs_body_limit, render_error=sqs_error_response
         )
+        self._s3 = S3API.for_platform(platform)
         self._services["s3"] = Service(
-            S3API.for_platform(platform), _no_body_limit, streaming=True, render_error=s3_error
+            self._s3, _no_body_limit, streaming=True, render_error=s3_error
         )
         self._management = build_management_api(platform)
         self._user_routes = HttpApiGateway(
@@ -247,6 +249,8 @@ class GatewayApp:
                     _settle_garbage_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._s3 is not None:
+                    await self._s3.close()
                 if self.platform is not None and self.settings is not None:
                     await self.platform.close()
                     gc.unfreeze()

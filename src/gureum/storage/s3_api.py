@@ -106,6 +106,12 @@ class S3API:
         hosts = virtual_host_suffixes(urlsplit(platform.settings.endpoint).hostname or "")
         return cls(store, platform.keyring, platform.registry, queues, sweeper, hosts)
 
+    async def close(self) -> None:
+        """Stop the sweeper (a sweep in progress is cancelled). Call before the platform's
+        store closes; safe to call twice."""
+        if self.sweeper is not None:
+            await self.sweeper.close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = None
         finished = False
