@@ -248,3 +248,18 @@ def test_client_context_reaches_the_handler(lam: Any, deploy: Deploy) -> None:
         ClientContext=base64.b64encode(json.dumps(context).encode()).decode(),
     )
     assert payload_of(result) == context
+
+
+def test_client_context_that_cannot_reach_a_function_is_refused(lam: Any, deploy: Deploy) -> None:
+    """A lone surrogate or NaN in the client context is not JSON a function can get: 400, and
+    the function's warm instance keeps serving."""
+    deploy(
+        "ctx-bad",
+        code=handler_zip("cc = context.client_context\nreturn cc.custom if cc else None"),
+    )
+    assert payload_of(lam.invoke(FunctionName="ctx-bad", Payload=b"{}")) is None
+    for raw in (b'{"custom": {"k": "\\ud83d"}}', b'{"custom": {"n": NaN}}', b"[1]"):
+        with pytest.raises(lam.exceptions.InvalidRequestContentException):
+            lam.invoke(FunctionName="ctx-bad", ClientContext=base64.b64encode(raw).decode())
+    good = base64.b64encode(b'{"custom": {"k": "\\ud83d\\ude00"}}').decode()
+    assert payload_of(lam.invoke(FunctionName="ctx-bad", ClientContext=good)) == {"k": "😀"}

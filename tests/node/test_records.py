@@ -6,6 +6,8 @@ import asyncio
 import time
 import uuid
 
+import pytest
+
 from gureum.node import records
 from gureum.node.records import (
     InvocationLog,
@@ -119,10 +121,30 @@ def test_records_are_written_in_batches_and_queryable(database_url: str) -> None
     asyncio.run(scenario())
 
 
-def test_a_large_batch_is_written_whole_and_in_order(database_url: str) -> None:
-    """A batch is written as multi-row INSERTs of 512 and powers of two: every record lands,
-    in the order added, with its own values."""
-    count = 2 * records.MAX_ROWS_PER_INSERT + 77
+def test_batches_are_cut_into_statements_within_the_parameter_limits() -> None:
+    columns = len(InvocationRecord._fields)
+    assert records.MAX_ROWS_PER_INSERT * columns <= 32_766  # SQLite 3.32+, PostgreSQL
+    assert records.MAX_ROWS_PER_INSERT_OLD_SQLITE * columns <= 999  # older SQLite
+    for most in (records.MAX_ROWS_PER_INSERT, records.MAX_ROWS_PER_INSERT_OLD_SQLITE):
+        for count in (0, 1, 3, most - 1, most, most + 1, 3 * most + 77):
+            pieces = records._chunks(count, most)
+            assert sum(size for _, size in pieces) == count
+            assert [start for start, _ in pieces] == [
+                sum(size for _, size in pieces[:i]) for i in range(len(pieces))
+            ]
+            assert all(size <= most and size & (size - 1) == 0 for _, size in pieces)
+
+
+@pytest.mark.parametrize(
+    "most", [records.MAX_ROWS_PER_INSERT, records.MAX_ROWS_PER_INSERT_OLD_SQLITE]
+)
+def test_a_large_batch_is_written_whole_and_in_order(
+    database_url: str, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is written as multi-row INSERTs of `most` and powers of two (`most` is smaller
+    on SQLite before 3.32): every record lands, in the order added, with its own values."""
+    monkeypatch.setattr(records, "_max_rows", lambda dialect: most)
+    count = 2 * most + 77
 
     async def scenario() -> None:
         db = await Database.open(database_url)

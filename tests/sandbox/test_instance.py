@@ -849,3 +849,17 @@ def test_platform_hidden_but_boto3_offered(code_dir: Path, tmp_path: Path) -> No
     assert result["file"].startswith(str(libraries))
     # The function's own code comes first, so it may vendor its own boto3.
     assert result["path"][:2] == [str(code_dir), str(libraries)]
+
+
+def test_an_invocation_that_cannot_be_sent_leaves_the_instance_as_it_was(code_dir: Path) -> None:
+    write(code_dir, "def handler(event, context):\n    return 'ok'\n")
+
+    async def body(instance: Instance) -> None:
+        with pytest.raises(SandboxError, match="cannot be sent"):
+            await instance.invoke(
+                "req-1", b"{}", invoked_arn=ARN, timeout_s=3.0, client_context={"k": "\ud83d"}
+            )
+        assert instance.alive and instance.invocations == 0
+        assert (await invoke(instance, {}, request_id="req-2")).payload == b'"ok"'
+
+    with_instance(code_dir, body)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 from botocore.auth import SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -565,8 +566,9 @@ def _client_context(raw: str | None) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        data = json.loads(base64.b64decode(raw, validate=True))
-    except (binascii.Error, ValueError):
+        # strict JSON, as the function will get it: no NaN, no lone surrogate, no 1e400
+        data = msgspec.json.decode(base64.b64decode(raw, validate=True))
+    except (binascii.Error, msgspec.DecodeError):
         raise InvalidRequestContent("Client context must be base64-encoded JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequestContent("Client context must be a JSON object")

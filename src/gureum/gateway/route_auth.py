@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import jwt
+import msgspec
 from starlette.types import Scope
 
 from gureum.control.models import parse_function_ref
@@ -284,9 +285,9 @@ class RouteAuthorizer:
             raise HttpApiError(500, "Internal Server Error") from None
         if result.function_error:
             raise HttpApiError(500, "Internal Server Error")
-        try:
-            answer = json.loads(result.payload)
-        except ValueError:
+        try:  # strict JSON (no NaN): its context goes into the event as it is
+            answer = msgspec.json.decode(result.payload)
+        except msgspec.DecodeError:
             answer = None
         if not isinstance(answer, dict):
             answer = {}

@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import os
+import sqlite3
 import time
 from typing import Any, NamedTuple
 
@@ -21,8 +22,9 @@ MAX_STORED_LOG = 256 * 1024  # per invocation; the tail is kept
 FLUSH_INTERVAL_S = 0.05
 FLUSH_BATCH = 500
 # Records per INSERT statement at most (x18 columns: within SQLite's and PostgreSQL's limits
-# of 32,766 parameters per statement).
+# of 32,766 parameters per statement), and on SQLite before 3.32 (999 parameters).
 MAX_ROWS_PER_INSERT = 512
+MAX_ROWS_PER_INSERT_OLD_SQLITE = 32
 
 
 def new_request_id() -> str:
@@ -42,15 +44,21 @@ def new_request_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-def _chunks(count: int) -> list[tuple[int, int]]:
-    """(start, size) pieces of a batch of `count` records: MAX_ROWS_PER_INSERT at a time, then
-    powers of two, so that a few statements, each compiled once, write any batch."""
+def _max_rows(dialect: sa.Dialect) -> int:
+    if dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 32, 0):
+        return MAX_ROWS_PER_INSERT_OLD_SQLITE
+    return MAX_ROWS_PER_INSERT
+
+
+def _chunks(count: int, most: int = MAX_ROWS_PER_INSERT) -> list[tuple[int, int]]:
+    """(start, size) pieces of a batch of `count` records: `most` (a power of two) at a time,
+    then powers of two, so that a few statements, each compiled once, write any batch."""
     pieces = []
     start = 0
-    while count - start >= MAX_ROWS_PER_INSERT:
-        pieces.append((start, MAX_ROWS_PER_INSERT))
-        start += MAX_ROWS_PER_INSERT
-    size = MAX_ROWS_PER_INSERT
+    while count - start >= most:
+        pieces.append((start, most))
+        start += most
+    size = most
     while start < count:
         size //= 2
         if count - start >= size:
@@ -240,7 +248,7 @@ class InvocationRecorder:
                 rows = [record.row() for record in batch]
                 dialect = self.db.engine.dialect
                 async with self.db.write_gate, self.db.engine.begin() as conn:
-                    for start, size in _chunks(len(rows)):
+                    for start, size in _chunks(len(rows), _max_rows(dialect)):
                         sql, positional = _insert_statement(dialect, size)
                         chunk = rows[start : start + size]
                         flat = tuple(value for row in chunk for value in row)

@@ -359,8 +359,6 @@ class Instance:
             raise SandboxError("instance is no longer alive")
         if self._busy:
             raise SandboxError("instance is already running an invocation")
-        self._busy = True
-        self.invocations += 1
         header: dict[str, Any] = {
             "t": "invoke",
             "id": request_id,
@@ -375,6 +373,12 @@ class Instance:
             header["timeout_ms"] = int(timeout_s * 1000)
         else:
             header["deadline"] = int((time.time() + timeout_s) * 1000)
+        try:  # before the instance is marked busy: what cannot be sent leaves it as it was
+            frame = protocol.frame(_HEADER_ENCODER.encode(header), event)
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError: a lone surrogate
+            raise SandboxError(f"invocation cannot be sent to the instance: {exc}") from None
+        self._busy = True
+        self.invocations += 1
         log_future = self._logs.segment(request_id)
         sent = started = time.perf_counter()
         try:
@@ -383,7 +387,7 @@ class Instance:
                     if queued:
                         await self.initialise()  # an init that failed says why
                     raise ConnectionResetError("the instance has exited")
-                self._control.write(protocol.frame(_HEADER_ENCODER.encode(header), event))
+                self._control.write(frame)
                 if queued:
                     await self.initialise()
                     started = time.perf_counter()

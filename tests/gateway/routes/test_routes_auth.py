@@ -33,6 +33,8 @@ def handler(event, context):
     print("authorizer", json.dumps(event))
     if token == "crash":
         raise RuntimeError("authorizer broke")
+    if token == "nan":  # json.dumps writes NaN: not JSON, so not an answer
+        return {"isAuthorized": True, "context": {"score": float("nan")}}
     return {"isAuthorized": token == "let-me-in",
             "context": {"user": "u-1", "calls": CALLS, "type": event["type"],
                         "routeArn": event["routeArn"], "identity": event["identitySource"]}}
@@ -228,8 +230,9 @@ def test_lambda_authorizer_with_cache(
     b = echoed(http.get("/uncached", headers={"Authorization": "let-me-in"}))
     calls = [e["requestContext"]["authorizer"]["lambda"]["calls"] for e in (a, b)]
     assert calls[1] == calls[0] + 1
-    broken = http.get("/uncached", headers={"Authorization": "crash"})
-    assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
+    for token in ("crash", "nan"):
+        broken = http.get("/uncached", headers={"Authorization": token})
+        assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
     records = admin.invocations("authz", limit=20)
     assert {r["trigger"] for r in records} == {"authorizer"}
 
