@@ -729,6 +729,33 @@ def test_logs_are_split_per_invocation(code_dir: Path) -> None:
         assert outcome.log == expected.encode(), f"invocation {n}"
 
 
+def test_a_log_larger_than_the_pipe_is_whole_and_ends_with_its_invocation(
+    code_dir: Path,
+) -> None:
+    """Output beyond the pipe's buffer (the agent reads while the function writes), then
+    nothing, then a little: each invocation gets exactly its own."""
+    write(
+        code_dir,
+        "import os\n"
+        "def handler(event, context):\n"
+        "    for i in range(event['lines']):\n"
+        "        os.write(1, b'%s %06d\\n' % (context.aws_request_id.encode(), i))\n"
+        "    print('done', context.aws_request_id)\n"
+        "    return 0\n",
+    )
+    sizes = (20_000, 0, 3, 20_000)  # ~300 KB, nothing, a little, ~300 KB
+
+    async def body(instance: Instance) -> list[bytes]:
+        return [
+            (await invoke(instance, {"lines": lines}, f"r{n}")).log for n, lines in enumerate(sizes)
+        ]
+
+    logs = with_instance(code_dir, body)
+    for n, (log, lines) in enumerate(zip(logs, sizes, strict=True)):
+        expected = b"".join(b"r%d %06d\n" % (n, i) for i in range(lines)) + b"done r%d\n" % n
+        assert log == expected, f"invocation {n}"
+
+
 def test_os_write_and_logging_are_captured(code_dir: Path) -> None:
     write(
         code_dir,
