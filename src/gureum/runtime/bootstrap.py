@@ -392,9 +392,12 @@ class _ControlChannel:
 
 
 def _flush_streams() -> None:
+    # after every invocation: try/except, not contextlib.suppress (4x the cost per stream)
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        with contextlib.suppress(Exception):  # a stream the function replaced or broke
+        try:  # noqa: SIM105
             stream.flush()  # type: ignore[union-attr]
+        except Exception:  # a stream the function replaced or broke
+            pass
 
 
 def _log_error(error: dict[str, Any]) -> None:
@@ -458,16 +461,27 @@ def _within_frame_limit(ok: bool, body: bytes, request_id: str) -> tuple[bool, b
 
 
 class PeakMemory:
-    """This process image's peak RSS in kB (VmHWM; ru_maxrss would include the parent's before
-    exec). /proc/self/status is opened once and re-read with pread, which makes the kernel
-    render it afresh; open it in the instance's own process (after any fork)."""
+    """This process image's peak RSS in kB: VmHWM in /proc/self/status. getrusage's ru_maxrss
+    is max(VmHWM, the peak of the image that exec replaced), so it *is* VmHWM once it is above
+    what it was at the start, or from the start if it was not above VmHWM then: a getrusage
+    call instead of the kernel rendering the whole status file on every invocation (~8x the
+    cost). The status file is opened once and re-read with pread, which renders it afresh;
+    create this in the instance's own process (after any fork)."""
 
     def __init__(self) -> None:
         self._fd: int | None = None
         with contextlib.suppress(OSError):
             self._fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        at_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # above VmHWM: the image before exec peaked higher, and ru_maxrss says so until this
+        # one outgrows it
+        self._before_exec = at_start if at_start > self._status_kb() else 0
 
     def kb(self) -> int:
+        peak: int = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if peak > self._before_exec else self._status_kb()
+
+    def _status_kb(self) -> int:
         if self._fd is not None:
             with contextlib.suppress(OSError, ValueError):
                 status = os.pread(self._fd, 8192, 0)
