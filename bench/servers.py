@@ -56,6 +56,15 @@ def uvicorn_config(app: ASGIApp, port: int) -> uvicorn.Config:
     )
 
 
+def gureum_config(app: ASGIApp, port: int) -> uvicorn.Config:
+    """Gureum as `gureum up` serves it (`gureum.gateway.server.uvicorn_config`: uvicorn with
+    Gureum's HttpProtocol, which sends a response's head and body in one write), with the
+    baseline's log settings."""
+    from gureum.gateway.server import uvicorn_config as gureum_uvicorn_config
+
+    return gureum_uvicorn_config(app, "127.0.0.1", port, log_level="warning", access_log=False)
+
+
 async def baseline_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Read the body, json-decode it, call the handler, return its JSON. Nothing else."""
     if scope["type"] == "lifespan":
@@ -138,9 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         app = gureum_app(args.port, args.data_dir)
         if args.cprofile is not None:
             install_profiler_signals(args.cprofile)
+        config = gureum_config(app, args.port)
     else:
-        app = baseline_app
-    uvicorn.Server(uvicorn_config(app, args.port)).run()
+        config = uvicorn_config(baseline_app, args.port)
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

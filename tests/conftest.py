@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from gureum.client import Client
 from gureum.gateway.app import GatewayApp
+from gureum.gateway.server import uvicorn_config
 from gureum.settings import Settings
 
 T = TypeVar("T")
@@ -116,9 +117,7 @@ class RunningServer:
 
 def start_server(settings: Settings) -> RunningServer:
     app = GatewayApp(settings=settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
-    )
+    config = uvicorn_config(app, settings.host, settings.port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

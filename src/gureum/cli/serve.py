@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import importlib.util
 import os
 import shlex
 import signal
@@ -28,6 +27,7 @@ from gureum.client import ENDPOINT_FILE
 from gureum.control.models import FunctionConfig
 from gureum.errors import ConfigurationError, GureumError, ResourceNotFound
 from gureum.gateway.app import GatewayApp
+from gureum.gateway.server import uvicorn_config
 from gureum.iam.credentials import ROOT_CREDENTIALS_FILE
 from gureum.platform import Platform
 from gureum.settings import DEFAULT_DATA_DIR, Settings
@@ -59,15 +59,7 @@ def serve(settings: Settings, *, demo: bool, out: Console) -> None:
         settings = settings.with_overrides(port=sock.getsockname()[1])
         previous_endpoint = write_endpoint_file(settings)
         app = GatewayApp(settings=settings)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            http="httptools",
-            lifespan="on",
-            log_level=settings.log_level,
-        )
+        config = uvicorn_config(app, settings.host, settings.port, log_level=settings.log_level)
         server = _Server(config)
 
         def stop(_signal: int, _frame: FrameType | None) -> None:

@@ -69,6 +69,7 @@ import array
 import contextlib
 import ctypes
 import decimal
+import fcntl
 import gc
 import importlib
 import importlib.util
@@ -82,6 +83,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import time
 import traceback
 import types
@@ -417,6 +419,28 @@ def _end_log(marker_fd: int, request_id: str) -> None:
     os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
 
 
+def _end_invocation_log(marker_fd: int, request_id: str) -> bool:
+    """End an invocation's log: with its end marker while the log pipe holds bytes the agent
+    has not read, else with nothing (return False; the result says `drained`). An empty pipe
+    means the agent has read, and so holds, everything written so far, and the marker would
+    only cost it one more wakeup and read per invocation."""
+    _flush_streams()
+    if _pipe_empty(marker_fd):
+        return False
+    os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
+    return True
+
+
+def _pipe_empty(fd: int) -> bool:
+    """Whether the pipe `fd` is a write end of holds no unread bytes (False where it cannot
+    tell)."""
+    try:
+        unread: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return False
+    return unread == 0
+
+
 def _invoke(
     handler: Any, header: dict[str, Any], payload: bytes, function: FunctionInfo
 ) -> tuple[bool, bytes]:
@@ -598,8 +622,9 @@ def _serve(sock: socket.socket, marker_fd: int, handler: Any, request_filter: An
         request_id = header["id"]
         request_filter.request_id = request_id
         ok, body = _within_frame_limit(*_invoke(handler, header, payload, function), request_id)
-        _end_log(marker_fd, request_id)
         result = {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}
+        if not _end_invocation_log(marker_fd, request_id):
+            result["drained"] = True
         if queued:  # the agent may get "ready" and this in one read: it cannot time this
             result["ms"] = (time.perf_counter() - began) * 1000
         sock.sendall(protocol.encode(result, body))

@@ -9,12 +9,17 @@ agent → shim  {"t": "invoke", "id", "deadline" (ms since the epoch), ...} + ev
               sent before "ready", with "timeout_ms" instead (the limit starts when the shim
               takes it, after init)
 shim → agent  {"t": "result", "id", "ok", "max_rss_kb"} + result bytes or error JSON; for
-              an invoke sent before "ready", also "ms" (its run time, as the shim saw it)
+              an invoke sent before "ready", also "ms" (its run time, as the shim saw it);
+              "drained": true when no log end marker follows (below)
 agent closes the socket                                  the shim exits
 
 After init ("init") and after each invocation (its id) the shim writes LOG_END_MARKER + key +
 newline to the instance's log pipe, through its own duplicate of fd 1 so that a function that
 redirects or closes its stdout cannot lose it; the agent then knows it holds the whole log.
+After an invocation, if the pipe holds no unread bytes then (FIONREAD), the shim writes no
+marker and its result says `"drained": true` instead: the agent has already read, and so
+holds, all of that invocation's log (it reads the pipe and takes what it read in one step,
+before it can see the result, which is sent after the check).
 """
 
 from __future__ import annotations

@@ -129,6 +129,16 @@ class _LogCollector(asyncio.Protocol):
         """Whatever arrived without an end marker (the instance died mid-invocation)."""
         return self._take(len(self._buffer))
 
+    def drained(self, key: str) -> bytes:
+        """The segment for `key` when the shim wrote no end marker because the pipe was empty
+        (see `gureum.runtime.protocol`): all that arrived, after any segment a lookalike marker
+        of the function's own already ended."""
+        waiter = self._waiters.pop(key, None)
+        earlier = b""
+        if waiter is not None and waiter.done() and not waiter.cancelled():
+            earlier = waiter.result()
+        return earlier + self.rest()
+
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
@@ -438,7 +448,10 @@ class Instance:
                 # queued during init: "ready" and the result may have come in one read, so
                 # take the runtime's own measure, but never more than the agent has seen
                 run_ms = max(run_ms, min(float(reported), (time.perf_counter() - sent) * 1000))
-            log = await self._log_segment(log_future)
+            if reply.get("drained"):
+                log = self._logs.drained(request_id)
+            else:
+                log = await self._log_segment(log_future)
             ok = bool(reply.get("ok"))
             error_type = None
             if not ok:
