@@ -123,7 +123,7 @@ def test_records_are_written_in_batches_and_queryable(database_url: str) -> None
 
 def test_batches_are_cut_into_statements_within_the_parameter_limits() -> None:
     columns = len(InvocationRecord._fields)
-    assert records.MAX_ROWS_PER_INSERT * columns <= 32_766  # SQLite 3.32+, PostgreSQL
+    assert records.MAX_ROWS_PER_INSERT * columns <= 32_766  # SQLite 3.32+
     assert records.MAX_ROWS_PER_INSERT_OLD_SQLITE * columns <= 999  # older SQLite
     for most in (records.MAX_ROWS_PER_INSERT, records.MAX_ROWS_PER_INSERT_OLD_SQLITE):
         for count in (0, 1, 3, most - 1, most, most + 1, 3 * most + 77):
@@ -141,8 +141,19 @@ def test_batches_are_cut_into_statements_within_the_parameter_limits() -> None:
 def test_a_large_batch_is_written_whole_and_in_order(
     database_url: str, most: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch is written as multi-row INSERTs of `most` and powers of two (`most` is smaller
-    on SQLite before 3.32): every record lands, in the order added, with its own values."""
+    _large_batch(database_url, most, monkeypatch)
+
+
+def test_a_large_batch_is_written_whole_on_an_in_memory_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No file, so no writer thread of its own: the statements go through the engine."""
+    _large_batch("sqlite+aiosqlite:///:memory:", records.MAX_ROWS_PER_INSERT, monkeypatch)
+
+
+def _large_batch(database_url: str, most: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch is written (on SQLite as multi-row INSERTs of `most` and powers of two; `most` is
+    smaller before 3.32): every record lands, in the order added, with its own values."""
     monkeypatch.setattr(records, "_max_rows", lambda dialect: most)
     count = 2 * most + 77
 

@@ -13,16 +13,18 @@ import time
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gureum.store import Database
+from gureum.store.database import sqlite_statement
 from gureum.store.schema import invocations
 
 log = logging.getLogger(__name__)
 MAX_STORED_LOG = 256 * 1024  # per invocation; the tail is kept
 FLUSH_INTERVAL_S = 0.05
 FLUSH_BATCH = 500
-# Records per INSERT statement at most (x18 columns: within SQLite's and PostgreSQL's limits
-# of 32,766 parameters per statement), and on SQLite before 3.32 (999 parameters).
+# Records per INSERT statement on SQLite at most (x18 columns: within its limit of 32,766
+# parameters per statement), and before SQLite 3.32 (999 parameters).
 MAX_ROWS_PER_INSERT = 512
 MAX_ROWS_PER_INSERT_OLD_SQLITE = 32
 
@@ -52,7 +54,8 @@ def _max_rows(dialect: sa.Dialect) -> int:
 
 def _chunks(count: int, most: int = MAX_ROWS_PER_INSERT) -> list[tuple[int, int]]:
     """(start, size) pieces of a batch of `count` records: `most` (a power of two) at a time,
-    then powers of two, so that a few statements, each compiled once, write any batch."""
+    then powers of two, so that a few statements, each prepared once (sqlite3 keeps them by
+    their text), write any batch."""
     pieces = []
     start = 0
     while count - start >= most:
@@ -67,30 +70,21 @@ def _chunks(count: int, most: int = MAX_ROWS_PER_INSERT) -> list[tuple[int, int]
     return pieces
 
 
-def _parameter_names(rows: int) -> list[str]:
-    return [f"{name}_{i}" for i in range(rows) for name in InvocationRecord._fields]
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_statement(dialect: sa.Dialect, rows: int) -> tuple[str, bool]:
-    """An INSERT of `rows` records as one statement, compiled for `dialect`, and whether it
-    takes its parameters as one flat tuple, record after record (else by name, `column_i`).
+@functools.lru_cache(maxsize=16)
+def _sqlite_insert(rows: int) -> str:
+    """An INSERT of `rows` records as one SQLite statement (qmark parameters, record after
+    record): the one-row statement, compiled once, with its VALUES group repeated.
 
     One statement per many rows rather than an executemany: SQLite's driver releases and
     retakes the GIL for every row it steps, and each retake waits for the busy event loop to
     let go of it (beside a thread busy in Python: 20,000 rows took 118 s as an executemany;
-    10,000 took 0.24 s as statements of 500 rows)."""
-    insert = invocations.insert().values(
-        [
-            {name: sa.bindparam(f"{name}_{i}") for name in InvocationRecord._fields}
-            for i in range(rows)
-        ]
-    )
-    compiled = insert.compile(dialect=dialect)
-    if compiled.positiontup is None:
-        return str(compiled), False
-    assert list(compiled.positiontup) == _parameter_names(rows), compiled.positiontup
-    return str(compiled), True
+    10,000 took 0.24 s as statements of 500 rows). Not SQLAlchemy's compilation of a many-row
+    insert: that took 0.43 s for 512 rows, on the event loop, the first time each size came up
+    (a pause of every request in flight)."""
+    text, names = sqlite_statement(invocations.insert(), InvocationRecord._fields)
+    assert names == InvocationRecord._fields, names
+    head, values, group = text.partition(" VALUES ")
+    return head + values + ", ".join([group] * rows)
 
 
 class InvocationLog:
@@ -245,21 +239,35 @@ class InvocationRecorder:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             try:
-                rows = [record.row() for record in batch]
-                dialect = self.db.engine.dialect
-                async with self.db.write_gate, self.db.engine.begin() as conn:
-                    for start, size in _chunks(len(rows), _max_rows(dialect)):
-                        sql, positional = _insert_statement(dialect, size)
-                        chunk = rows[start : start + size]
-                        flat = tuple(value for row in chunk for value in row)
-                        params: tuple[Any, ...] | dict[str, Any] = flat
-                        if not positional:
-                            params = dict(zip(_parameter_names(size), flat, strict=True))
-                        await conn.exec_driver_sql(sql, params)
+                await self._write([record.row() for record in batch])
             except Exception:
                 log.exception("could not write %d invocation records; retrying", len(batch))
                 self._buffer[:0] = batch
                 raise
+
+    async def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.db.dialect != "sqlite":  # asyncpg's executemany pipelines the rows
+            values = [dict(zip(InvocationRecord._fields, row, strict=True)) for row in rows]
+
+            async def insert_all(conn: AsyncConnection) -> None:
+                await conn.execute(invocations.insert(), values)
+
+            await self.db.write(insert_all)
+            return
+        statements = [
+            (_sqlite_insert(size), tuple(value for row in rows[at : at + size] for value in row))
+            for at, size in _chunks(len(rows), _max_rows(self.db.engine.dialect))
+        ]
+
+        async def insert(conn: AsyncConnection) -> None:
+            for sql, params in statements:
+                await conn.exec_driver_sql(sql, params)
+
+        def insert_direct(conn: sqlite3.Connection) -> None:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+        await self.db.write(insert, sqlite=insert_direct)
 
     async def _run(self) -> None:
         while True:
