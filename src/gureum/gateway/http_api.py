@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("gureum.access")
 
 MAX_REQUEST_BODY = 6 * 1024 * 1024
+CLIENT_CLOSED = 499  # in the access log (as nginx logs it): the client left mid-request
 MAX_HEADERS = 10 * 1024  # request line and headers together, as AWS's HTTP APIs allow
 # Paths of Gureum's own AWS APIs: an unsigned request there that no user route takes gets the
 # platform's answer (403 MissingAuthenticationTokenException), not the gateway's 404.
@@ -55,6 +56,7 @@ PLATFORM_PREFIXES = ("/2015-03-31/", "/2017-10-31/", "/2019-09-30/")
 _HOP_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "x-request-id", "apigw-requestid"}
 )
+_NO_BODY = frozenset({204, 304})
 _CORS_RESPONSE_HEADERS = frozenset(
     {
         "access-control-allow-origin",
@@ -65,6 +67,10 @@ _CORS_RESPONSE_HEADERS = frozenset(
         "access-control-max-age",
     }
 )
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was whole: nobody to answer."""
 
 
 class HttpApiGateway:
@@ -131,6 +137,7 @@ class HttpApiGateway:
                         return False
                     raise HttpApiError(404, "Not Found")
                 route_key = match.route.route_key
+                _add_forwarded(headers, scope)
                 facts = RequestFacts(
                     request_id=request_id,
                     method=method,
@@ -145,11 +152,16 @@ class HttpApiGateway:
                 response = await self._serve(scope, receive, facts, match.api, match.route)
         except HttpApiError as exc:
             response = _message(exc.status, exc.message, exc.headers)
+        except ClientGone:
+            response = None
         except Exception:
             log.exception("user route request %s failed", request_id)
             response = _message(500, "Internal Server Error")
-        cors = None if preflight or api is None else api.cors
-        status = await self._send(send, response, request_id, cors, headers)
+        if response is None:
+            status = CLIENT_CLOSED
+        else:
+            cors = None if preflight or api is None else api.cors
+            status = await self._send(send, response, request_id, cors, headers)
         if access_log.isEnabledFor(logging.INFO):
             query = scope.get("query_string", b"")
             access_log.info(
@@ -159,7 +171,7 @@ class HttpApiGateway:
                 raw_path,
                 "?" + query.decode("latin-1") if query else "",
                 status,
-                len(response.body),
+                0 if response is None else len(response.body),
                 (time.perf_counter() - started) * 1000,
                 api.api_id if api else "-",
                 route_key,
@@ -241,13 +253,14 @@ class HttpApiGateway:
             for k, v in headers
             if k not in _HOP_HEADERS
         ]
-        raw += [
-            (b"content-length", str(len(response.body)).encode()),
-            (b"x-request-id", request_id.encode()),
-            (b"apigw-requestid", request_id.encode()),
-        ]
+        body = response.body
+        if response.status in _NO_BODY:  # whatever the function said: HTTP has no body here
+            body = b""
+        else:
+            raw.append((b"content-length", str(len(body)).encode()))
+        raw += [(b"x-request-id", request_id.encode()), (b"apigw-requestid", request_id.encode())]
         await send({"type": "http.response.start", "status": response.status, "headers": raw})
-        await send({"type": "http.response.body", "body": response.body})
+        await send({"type": "http.response.body", "body": body})
         return response.status
 
 
@@ -269,6 +282,16 @@ async def _finished_within(task: asyncio.Future[Any], timeout_s: float) -> bool:
         finally:
             timer.cancel()
     return task.done()
+
+
+def _add_forwarded(headers: dict[str, str], scope: Scope) -> None:
+    """The X-Forwarded-For/-Port/-Proto headers AWS adds to the event, unless a proxy in front
+    already set them (frameworks behind Mangum build their URLs from these)."""
+    headers.setdefault("x-forwarded-for", (scope.get("client") or ("", 0))[0])
+    server = scope.get("server")
+    if server and server[1] is not None:
+        headers.setdefault("x-forwarded-port", str(server[1]))
+    headers.setdefault("x-forwarded-proto", scope.get("scheme", "http"))
 
 
 def _host_name(host: str) -> str:
@@ -294,7 +317,7 @@ async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone  # never invoke a function with part of a request
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_REQUEST_BODY:

@@ -7,8 +7,10 @@ Event: header names lower-cased and duplicates joined with ','; `cookie` headers
 text bodies as text, anything else base64 with `isBase64Encoded: true`.
 
 Response: a JSON object with `statusCode` is a structured response (`headers`, `cookies`,
-`body`, `isBase64Encoded`); any other valid JSON is the body of a 200 `application/json`
-response, byte for byte; anything else is a malformed response (500).
+`body`, `isBase64Encoded`); a JSON string is the body of a 200 `application/json` response as
+text (AWS's reading of `return "Hello"`), any other valid JSON that body byte for byte;
+anything else (a 1xx status, a header name that is not a token, a control character in a
+header value) is a malformed response (500).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -39,6 +42,9 @@ _TEXT_TYPES = (
 _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
 # compact, UTF-8 as is (json.dumps's separators=(",", ":"), ensure_ascii=False) and ~10x faster
 _EVENT_ENCODER = msgspec.json.Encoder()
+# RFC 9110: a header name is a token; a value has no control characters but tab
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -207,13 +213,16 @@ def map_response(payload: bytes) -> HttpResponse:
         result = json.loads(payload)
     except ValueError:
         raise MalformedResponse("the function did not return valid JSON") from None
+    if isinstance(result, str):  # AWS: a returned string is the body itself, not its JSON
+        return HttpResponse(200, [("content-type", "application/json")], result.encode())
     if not isinstance(result, dict) or "statusCode" not in result:
         return HttpResponse(200, [("content-type", "application/json")], payload)
     status = result["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise MalformedResponse(f"statusCode {status!r} is not an HTTP status")
+    # 1xx are interim responses: never the final answer to a request
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise MalformedResponse(f"statusCode {status!r} is not a final HTTP status")
     headers: list[tuple[str, str]] = []
     raw_headers = result.get("headers") or {}
     if not isinstance(raw_headers, dict):
@@ -244,6 +253,8 @@ def map_response(payload: bytes) -> HttpResponse:
         # API Gateway sends a non-string body as its JSON text
         body = json.dumps(raw_body, separators=(",", ":")).encode()
     for name, value in headers:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or not name:
-            raise MalformedResponse("header names and values must not contain line breaks")
+        if not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+            raise MalformedResponse(
+                f"header {name!r}: names are tokens, values have no control characters"
+            )
     return HttpResponse(status, headers, body)
