@@ -206,7 +206,7 @@ class Authorization:
     audience: tuple[str, ...] = ()  # jwt
     jwks_url: str | None = None  # jwt
     jwks: dict[str, Any] | None = None  # jwt: static keys, as a JWKS document
-    scopes: tuple[str, ...] = ()  # jwt: every one of these must be granted
+    scopes: tuple[str, ...] = ()  # jwt: the token must be granted at least one of these
 
     @classmethod
     def from_dict(cls, data: object) -> Authorization:

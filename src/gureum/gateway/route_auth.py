@@ -181,7 +181,8 @@ class RouteAuthorizer:
             granted = claims["scope"].split()
         elif isinstance(claims.get("scp"), list):
             granted = [str(s) for s in claims["scp"]]
-        if auth.scopes and not set(auth.scopes) <= set(granted or []):
+        # AWS: the token must carry at least one of the route's scopes
+        if auth.scopes and not set(auth.scopes) & set(granted or []):
             raise forbidden()
         return {
             "jwt": {

@@ -272,3 +272,22 @@ def test_lambda_authorizer_iam_policy_responses(
         assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}, token
     broken = http.get("/p/1", headers={"Authorization": "malformed"})
     assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
+
+
+def test_jwt_route_scopes_need_any_one_of_them(
+    deploy: Deploy, admin: Client, http: httpx.Client, rsa_keys: tuple[Any, dict[str, Any]]
+) -> None:
+    # AWS: "If you configure scopes for a route, the token must include at least one of the
+    # route's scopes."
+    private, jwks = rsa_keys
+    deploy("echo")
+    spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
+    admin.add_route("GET /orders", "echo", auth={**spec, "scopes": ["orders:write", "admin"]})
+    for granted in ({"scope": "orders:write"}, {"scope": "read admin"}, {"scp": ["admin"]}):
+        token = _token(private, **granted)
+        event = echoed(http.get("/orders", headers={"Authorization": f"Bearer {token}"}))
+        assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "user-7"
+    for granted in ({"scope": "orders:read"}, {}):
+        token = _token(private, **granted)
+        response = http.get("/orders", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 403 and response.json() == {"message": "Forbidden"}
