@@ -291,3 +291,26 @@ def test_jwt_route_scopes_need_any_one_of_them(
         token = _token(private, **granted)
         response = http.get("/orders", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 403 and response.json() == {"message": "Forbidden"}
+
+
+def test_cached_policy_is_evaluated_for_each_route(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # AWS caches the authorizer's policy, not its verdict: a policy that allows only the
+    # route it was asked about denies the other routes sharing the authorizer and identity.
+    deploy("echo")
+    deploy("policy", POLICY_AUTHORIZER)
+    auth = {"kind": "lambda:policy", "identity_source": ["$request.header.Authorization"]}
+    admin.add_route("GET /first", "echo", auth={**auth, "ttl_s": 300})
+    admin.add_route("GET /second", "echo", auth={**auth, "ttl_s": 300})
+    assert echoed(http.get("/first", headers={"Authorization": "route"}))
+    denied = http.get("/second", headers={"Authorization": "route"})
+    assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}
+    # and a cached policy that allows every route of the API still allows them all
+    for path in ("/first", "/second"):
+        event = echoed(http.get(path, headers={"Authorization": "wildcard"}))
+        assert event["requestContext"]["authorizer"]["lambda"] == {"tier": "gold"}
+    # a denial cached for one route does not shut the other, which the policy allows
+    admin.add_route("POST /elsewhere", "echo", auth={**auth, "ttl_s": 300})
+    assert http.get("/first", headers={"Authorization": "other-route"}).status_code == 403
+    assert echoed(http.post("/elsewhere", headers={"Authorization": "other-route"}))
