@@ -85,7 +85,9 @@ class _ApiRoutes:
     def __init__(self, api: Api, routes: list[Route]) -> None:
         self.api = api
         self.default: Route | None = None
-        self.exact: dict[tuple[str, str], Route] = {}
+        # keyed by the decoded segments, not a joined path: '/a%2Fb' is one segment, 'a/b',
+        # and must not reach the route 'GET /a/b'
+        self.exact: dict[tuple[str, tuple[str, ...]], Route] = {}
         patterns: list[_Pattern] = []
         for route in routes:
             key = RouteKey.parse(route.route_key)
@@ -106,14 +108,15 @@ class _ApiRoutes:
                     names.append(param.group(1))
                     literals.append("")
             if all(kind == LITERAL for kind in kinds):
-                self.exact[(key.method, "/" + "/".join(literals))] = route
+                self.exact[(key.method, tuple(literals))] = route
             else:
                 patterns.append(
                     _Pattern(route, key.method, tuple(kinds), tuple(names), tuple(literals))
                 )
         self.patterns = sorted(patterns, key=lambda p: p.specificity)
 
-    def match(self, method: str, path: str, segments: list[str]) -> RouteMatch | None:
+    def match(self, method: str, segments: list[str]) -> RouteMatch | None:
+        path = tuple(segments)
         for candidate in (method, "ANY"):
             route = self.exact.get((candidate, path))
             if route is not None:
@@ -158,5 +161,4 @@ class RouteTable:
         """The route for `method` and the raw path below the API prefix; BadPath if the
         path does not decode."""
         segments = [decode_segment(s) for s in rest[1:].split("/")] if rest != "/" else []
-        path = "/" + "/".join(segments)
-        return entry.match(method, path, segments)
+        return entry.match(method, segments)

@@ -386,3 +386,20 @@ def test_lambda_client_error_shape_unchanged_for_signed_unknown_paths(
     with pytest.raises(ClientError):
         lam.get_function(FunctionName="nope")  # type: ignore[attr-defined]
     assert json.loads(httpx.get(server.endpoint + "/healthz").text) == {"status": "ok"}
+
+
+def test_an_encoded_slash_stays_inside_its_segment(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # '%2F' is part of a segment, not a separator: '/a%2Fb' is one segment, 'a/b', for literal
+    # routes as much as for path parameters
+    deploy("echo")
+    admin.add_route("GET /a/b", "echo")
+    admin.add_route("GET /{page}", "echo")
+    event = echoed(http.get("/a%2Fb"))
+    assert event["routeKey"] == "GET /{page}" and event["pathParameters"] == {"page": "a/b"}
+    assert event["rawPath"] == "/a%2Fb"
+    assert echoed(http.get("/a/b"))["routeKey"] == "GET /a/b"
+    assert echoed(http.get("/a%62"))["routeKey"] == "GET /{page}"  # 'ab'
+    admin.add_route("GET /c/d", "echo")
+    assert echoed(http.get("/c/%64"))["routeKey"] == "GET /c/d"  # an escaped letter is a letter
