@@ -247,7 +247,13 @@ class Authorization:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 3600:
             raise InvalidParameterValue("authorizer ttl_s must be between 0 and 3600 seconds")
         if ttl and not sources:
-            raise InvalidParameterValue("authorizer caching (ttl_s > 0) needs an identity source")
+            if "identity_source" in data and data["identity_source"] is not None:
+                raise InvalidParameterValue(
+                    "authorizer caching (ttl_s > 0) needs an identity source"
+                )
+            # caching is on by default, so a bare 'lambda:NAME' reads the Authorization header,
+            # as the CLI and AWS's console default it
+            sources = DEFAULT_IDENTITY_SOURCE
         return cls(kind="lambda", function=function, identity_source=sources, ttl_s=ttl)
 
     @classmethod

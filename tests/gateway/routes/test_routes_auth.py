@@ -19,6 +19,7 @@ from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gureum.client import Client
+from gureum.errors import InvalidParameterValue
 from tests.conftest import RunningServer
 from tests.gateway.routes.conftest import Deploy, echoed
 
@@ -314,3 +315,22 @@ def test_cached_policy_is_evaluated_for_each_route(
     admin.add_route("POST /elsewhere", "echo", auth={**auth, "ttl_s": 300})
     assert http.get("/first", headers={"Authorization": "other-route"}).status_code == 403
     assert echoed(http.post("/elsewhere", headers={"Authorization": "other-route"}))
+
+
+def test_lambda_authorizer_named_alone_reads_the_authorization_header(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # '/v1/routes' documents auth 'lambda:FUNCTION'; caching is on by default, so it needs
+    # (and, like the CLI, defaults to) the Authorization header as identity source
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    route = admin.add_route("GET /guarded", "echo", auth="lambda:authz")
+    assert route["auth"]["identity_source"] == ["$request.header.Authorization"]
+    assert route["auth"]["ttl_s"] == 300
+    assert http.get("/guarded").status_code == 401
+    event = echoed(http.get("/guarded", headers={"Authorization": "let-me-in"}))
+    assert event["requestContext"]["authorizer"]["lambda"]["identity"] == ["let-me-in"]
+    assert http.get("/guarded", headers={"Authorization": "nope"}).status_code == 403
+    # an explicitly empty identity source with caching is still refused
+    with pytest.raises(InvalidParameterValue):
+        admin.add_route("GET /empty", "echo", auth={"kind": "lambda:authz", "identity_source": []})
