@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from gureum.client import Client
-from gureum.errors import InvalidParameterValue, ResourceConflict, ResourceNotFound
+from gureum.errors import GureumError, InvalidParameterValue, ResourceConflict, ResourceNotFound
 from tests.conftest import RunningServer, free_port, make_zip, wait_for
 from tests.gateway.routes.conftest import Deploy, echoed
 
@@ -422,3 +422,27 @@ def test_integration_timeout_is_503_as_on_http_apis(
         assert response.json() == {"message": "Service Unavailable"}
     finally:  # the timed-out invocation runs to its end before the server stops
         wait_for(lambda: admin.invocations("slowfn"), timeout=15)
+
+
+def test_v1_refuses_fields_it_would_ignore(deploy: Deploy, admin: Client) -> None:
+    # a PATCH of something that cannot change, or a misspelt setting, is an error — it was
+    # answered 200 and silently dropped
+    deploy("echo")
+    admin.create_api("shop", base_path="/shop")
+    for call in (
+        lambda: admin.update_api("shop", base_path="/elsewhere"),
+        lambda: admin.update_api("shop", rate_limt=5),
+        lambda: admin.create_api("other", base_path="/other", stages="prod"),
+        lambda: admin.request(
+            "POST",
+            "/v1/routes",
+            json_body={"route_key": "GET /x", "target": "echo", "timeout": 100},
+        ),
+        lambda: admin.request("POST", "/v1/api-keys", json_body={"name": "k", "apis": "shop"}),
+    ):
+        with pytest.raises(GureumError) as raised:
+            call()
+        assert raised.value.status in (400, 422) and "Extra inputs" in raised.value.message
+    assert admin.list_apis()[-1]["base_path"] == "/shop"
+    assert [a["name"] for a in admin.list_apis()] == ["shop"]
+    assert admin.list_routes() == [] and admin.list_api_keys() == []
