@@ -464,3 +464,26 @@ def test_event_has_the_forwarded_headers_aws_adds(
     assert headers.get("x-forwarded-proto") == "http"
     assert headers.get("x-forwarded-port") == port
     assert headers.get("x-forwarded-for") == "127.0.0.1"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a client that disconnects in the middle of its body still gets the function invoked "
+    "with the truncated body; the fix belongs in gateway/http_api.py _read_body (stop on "
+    "http.disconnect instead of returning what came), being optimised concurrently",
+)
+def test_a_body_cut_short_by_a_disconnect_invokes_nothing(
+    server: RunningServer, deploy: Deploy, admin: Client
+) -> None:
+    deploy("echo")
+    admin.add_route("POST /orders", "echo")
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 40\r\n\r\n{"item": "tea", "qu'
+        )
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert admin.invocations("echo") == [], "the function ran on half a request"
+        time.sleep(0.1)
