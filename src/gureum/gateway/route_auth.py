@@ -176,10 +176,14 @@ class RouteAuthorizer:
         if not isinstance(audiences, list) or not set(audiences) & set(auth.audience):
             raise unauthorized()
         granted: list[str] | None = None
-        if isinstance(claims.get("scope"), str):
-            granted = claims["scope"].split()
-        elif isinstance(claims.get("scp"), list):
-            granted = [str(s) for s in claims["scp"]]
+        for claim in ("scope", "scp"):  # Okta's scp is a list, Entra ID's a string like scope
+            value = claims.get(claim)
+            if isinstance(value, str):
+                granted = value.split()
+            elif isinstance(value, list):
+                granted = [str(s) for s in value]
+            if granted is not None:
+                break
         # AWS: the token must carry at least one of the route's scopes
         if auth.scopes and not set(auth.scopes) & set(granted or []):
             raise forbidden()

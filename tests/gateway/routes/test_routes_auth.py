@@ -284,7 +284,12 @@ def test_jwt_route_scopes_need_any_one_of_them(
     deploy("echo")
     spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
     admin.add_route("GET /orders", "echo", auth={**spec, "scopes": ["orders:write", "admin"]})
-    for granted in ({"scope": "orders:write"}, {"scope": "read admin"}, {"scp": ["admin"]}):
+    for granted in (
+        {"scope": "orders:write"},
+        {"scope": "read admin"},
+        {"scp": ["admin"]},  # Okta
+        {"scp": "read admin"},  # Microsoft Entra ID
+    ):
         token = _token(private, **granted)
         event = echoed(http.get("/orders", headers={"Authorization": f"Bearer {token}"}))
         assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "user-7"
