@@ -298,6 +298,9 @@ class Authorization:
         for key, value in asdict(self).items():
             if key != "kind" and value not in (None, (), [], 0):
                 out[key] = list(value) if isinstance(value, tuple) else value
+        if self.kind == "lambda":
+            # 0 (no caching) is not the default: left out, it would come back as 300
+            out["ttl_s"] = self.ttl_s
         return out
 
     @property

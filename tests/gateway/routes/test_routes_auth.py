@@ -6,7 +6,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gureum.client import Client
 from gureum.errors import InvalidParameterValue
-from tests.conftest import RunningServer
+from gureum.store.schema import gateway_routes
+from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
 
 ISSUER = "https://issuer.example"
@@ -339,3 +340,40 @@ def test_lambda_authorizer_named_alone_reads_the_authorization_header(
     # an explicitly empty identity source with caching is still refused
     with pytest.raises(InvalidParameterValue):
         admin.add_route("GET /empty", "echo", auth={"kind": "lambda:authz", "identity_source": []})
+
+
+def test_an_uncached_lambda_authorizer_stays_uncached_after_a_restart(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    # ttl_s 0 was left out of the stored settings, so a restart read the default (300): the
+    # route came back caching, and needing an identity source it never had
+    first = server_factory()
+    root = first.platform.root
+    with Client(first.endpoint, root.access_key_id, root.secret_access_key) as admin:
+        admin.create_function(
+            "echo", make_zip({"app.py": "def handler(e, c):\n    return 1\n"}), "app.handler"
+        )
+        admin.create_function("authz", make_zip({"app.py": AUTHORIZER}), "app.handler")
+        admin.add_route("GET /open", "echo", auth={"kind": "lambda:authz", "ttl_s": 0})
+        assert admin.list_routes()[0]["auth"]["ttl_s"] == 0
+        admin.add_route("GET /legacy", "echo", auth={"kind": "lambda:authz", "ttl_s": 0})
+
+    async def save_as_earlier_versions_did() -> None:
+        async with first.platform.routes.db.engine.begin() as conn:
+            await conn.execute(
+                gateway_routes.update()
+                .where(gateway_routes.c.route_key == "GET /legacy")
+                .values(auth=json.dumps({"kind": "lambda", "function": "authz"}))
+            )
+
+    first.run(save_as_earlier_versions_did())
+    first.stop()
+    second = server_factory(port=free_port())
+    with Client(second.endpoint, root.access_key_id, root.secret_access_key) as admin:
+        for route in admin.list_routes():
+            assert route["auth"]["ttl_s"] == 0 and "identity_source" not in route["auth"]
+    # no identity source: the authorizer is asked every time, with or without a header
+    for path in ("/open", "/legacy"):
+        allowed = httpx.get(second.endpoint + path, headers={"Authorization": "let-me-in"})
+        assert allowed.text == "1"
+        assert httpx.get(second.endpoint + path).status_code == 403
