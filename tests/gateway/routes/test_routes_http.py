@@ -546,3 +546,28 @@ def test_no_body_on_204_and_304_and_no_1xx_final_status(
     response = http.get("/status/100")
     assert response.status_code == 500
     assert response.json() == {"message": "Internal Server Error"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a response header name that is not an HTTP token (space, ':') or a value with a NUL "
+    "passes map_response and uvicorn then drops the connection without any response; it "
+    "should be a malformed response (500). The fix belongs in gateway/http_event.py "
+    "map_response, being optimised concurrently",
+)
+def test_invalid_response_header_names_are_a_500_not_a_dropped_connection(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy(
+        "headers",
+        "def handler(event, context):\n"
+        "    k = event['pathParameters']['k']\n"
+        "    headers = {'space': {'bad name': '1'}, 'colon': {'x:y': '1'},\n"
+        "               'nul': {'x-nul': 'a\\x00b'}}[k]\n"
+        "    return {'statusCode': 200, 'headers': headers, 'body': 'ok'}\n",
+    )
+    admin.add_route("GET /h/{k}", "headers")
+    for kind in ("space", "colon", "nul"):
+        response = http.get(f"/h/{kind}")
+        assert response.status_code == 500, kind
+        assert response.json() == {"message": "Internal Server Error"}
