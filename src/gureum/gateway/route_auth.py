@@ -243,7 +243,7 @@ class RouteAuthorizer:
             if not value:
                 raise unauthorized()
             values.append(value)
-        route_arn = self._route_arn(api, route)
+        route_arn = self._route_arn(api, facts)
         cache_key = (api.api_id, auth.function, tuple(values))
         now = time.monotonic()
         answer = None
@@ -259,17 +259,20 @@ class RouteAuthorizer:
                     if len(self._cache) >= AUTHORIZER_CACHE_MAX:
                         self._cache.clear()
                 self._cache[cache_key] = (now + auth.ttl_s, answer)
-        # A cached policy is evaluated again for each route, as AWS does: a policy that allows
-        # only the route it was first asked about does not open the others.
+        # A cached policy is evaluated again for each request, as AWS does: a policy that
+        # allows only the route it was first asked about does not open the others.
         if not answer.allows(route_arn):
             raise forbidden()
         return {"lambda": answer.context}
 
-    def _route_arn(self, api: Api, route: Route) -> str:
-        method, _, path = route.route_key.partition(" ")
+    def _route_arn(self, api: Api, facts: RequestFacts) -> str:
+        """AWS's routeArn: the request's own method and path (below the stage, here below the
+        API's base path and stage), not the route key — 'ANY /{proxy+}' is asked about, and
+        policies name, 'GET /users/7'."""
+        path = facts.raw_path[len(api.prefix) :] or "/"
         return (
             f"arn:aws:execute-api:{self.region}:{api.account_id}:{api.api_id}/{api.stage}/"
-            f"{method}{path}"
+            f"{facts.method}{path}"
         )
 
     async def _call_authorizer(

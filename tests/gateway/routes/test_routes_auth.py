@@ -221,7 +221,7 @@ def test_lambda_authorizer_with_cache(
     assert context["user"] == "u-1" and context["type"] == "REQUEST"
     assert context["identity"] == ["let-me-in"]
     api_id = first["requestContext"]["apiId"]
-    assert context["routeArn"].endswith(f":{api_id}/$default/GET/cached/{{id}}")
+    assert context["routeArn"].endswith(f":{api_id}/$default/GET/cached/1")  # the request's
     # the same identity within the TTL is answered from the cache (same `calls`)
     second = echoed(http.get("/cached/2", headers={"Authorization": "let-me-in"}))
     assert second["requestContext"]["authorizer"]["lambda"]["calls"] == context["calls"]
@@ -377,3 +377,42 @@ def test_an_uncached_lambda_authorizer_stays_uncached_after_a_restart(
         allowed = httpx.get(second.endpoint + path, headers={"Authorization": "let-me-in"})
         assert allowed.text == "1"
         assert httpx.get(second.endpoint + path).status_code == 403
+
+
+USERS_POLICY_AUTHORIZER = """
+def handler(event, context):
+    ctx = event["requestContext"]
+    arn = f"arn:aws:execute-api:{REGION}:{ctx['accountId']}:{ctx['apiId']}/{ctx['stage']}"
+    return {"principalId": "u",
+            "policyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Action": "execute-api:Invoke", "Effect": "Allow",
+                 "Resource": arn + "/GET/users/*"}]},
+            "context": {"routeArn": event["routeArn"]}}
+"""
+
+
+def test_route_arn_names_the_request_method_and_path(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # As on AWS, routeArn is …/{stage}/{request method}{request path}: an authorizer's policy
+    # for 'GET /users/*' works behind 'ANY /{proxy+}' (it was …/ANY/{proxy+}, which no policy
+    # written for AWS names)
+    region = server.settings.region
+    deploy("echo")
+    deploy("users-policy", f"REGION = {region!r}\n" + USERS_POLICY_AUTHORIZER)
+    admin.add_route("ANY /{proxy+}", "echo", auth={"kind": "lambda:users-policy", "ttl_s": 0})
+    event = echoed(http.get("/users/7"))
+    ctx = event["requestContext"]
+    assert ctx["authorizer"]["lambda"]["routeArn"] == (
+        f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/$default/GET/users/7"
+    )
+    assert http.delete("/users/7").status_code == 403
+    assert http.get("/admin").status_code == 403
+    # below a base path and a stage, the path is the one below them, as AWS's is below the stage
+    admin.create_api("shop", base_path="/shop", stage="prod")
+    admin.add_route("GET /users/{id}", "echo", api="shop", auth="lambda:users-policy")
+    event = echoed(http.get("/shop/prod/users/8", headers={"Authorization": "x"}))
+    ctx = event["requestContext"]
+    assert ctx["authorizer"]["lambda"]["routeArn"] == (
+        f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/prod/GET/users/8"
+    )
