@@ -52,16 +52,15 @@ class _Pattern:
         params: dict[str, str] = {}
         greedy = bool(self.kinds) and self.kinds[-1] == GREEDY
         if greedy:
-            if len(segments) < len(self.kinds):
+            # AWS gives a greedy variable an empty remainder: '/files/' matches
+            # '/files/{path+}' with path '', and the root '/' matches '/{proxy+}'
+            if len(segments) < len(self.kinds) and (segments or len(self.kinds) != 1):
                 return None
         elif len(segments) != len(self.kinds):
             return None
         for index, kind in enumerate(self.kinds):
             if kind == GREEDY:
-                rest = "/".join(segments[index:])
-                if not rest:
-                    return None
-                params[self.names[index] or ""] = rest
+                params[self.names[index] or ""] = "/".join(segments[index:])
                 return params
             segment = segments[index]
             if kind == LITERAL:

@@ -142,6 +142,9 @@ def test_most_specific_route_wins(deploy: Deploy, admin: Client, http: httpx.Cli
     assert key_for("GET", "/pets/cat/1/toys") == "GET /pets/{proxy+}"
     assert key_for("DELETE", "/pets/7") == "ANY /{proxy+}"
     assert key_for("GET", "/") == "GET /"
+    # the root is an empty remainder of '/{proxy+}', which AWS prefers to $default
+    assert key_for("POST", "/") == "ANY /{proxy+}"
+    admin.remove_route("ANY /{proxy+}")
     assert key_for("POST", "/") == "$default"
     event = echoed(http.get("/pets/cat/1/toys"))
     assert event["pathParameters"] == {"proxy": "cat/1/toys"}
@@ -571,3 +574,22 @@ def test_invalid_response_header_names_are_a_500_not_a_dropped_connection(
         response = http.get(f"/h/{kind}")
         assert response.status_code == 500, kind
         assert response.json() == {"message": "Internal Server Error"}
+
+
+def test_a_greedy_variable_takes_an_empty_remainder(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # AWS routes a stage's root to 'ANY /{proxy+}' with pathParameters {"proxy": ""}: a
+    # FastAPI app behind it serves '/' (it was 404), and '/files/' reaches '/files/{path+}'
+    deploy("echo")
+    admin.add_route("ANY /{proxy+}", "echo")
+    admin.add_route("GET /files/{path+}", "echo")
+    root = echoed(http.get("/"))
+    assert root["routeKey"] == "ANY /{proxy+}" and root["pathParameters"] == {"proxy": ""}
+    assert root["rawPath"] == "/"
+    files = echoed(http.get("/files/"))
+    assert files["routeKey"] == "GET /files/{path+}" and files["pathParameters"] == {"path": ""}
+    bare = echoed(http.get("/files"))  # no slash: not below /files, so the catch-all
+    assert bare["routeKey"] == "ANY /{proxy+}" and bare["pathParameters"] == {"proxy": "files"}
+    below = echoed(http.get("/files/a/b/"))
+    assert below["pathParameters"] == {"path": "a/b/"}
