@@ -593,3 +593,16 @@ def test_a_greedy_variable_takes_an_empty_remainder(
     assert bare["routeKey"] == "ANY /{proxy+}" and bare["pathParameters"] == {"proxy": "files"}
     below = echoed(http.get("/files/a/b/"))
     assert below["pathParameters"] == {"path": "a/b/"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="requestContext.domainName cuts the Host at its first ':', so an IPv6 literal Host "
+    "'[::1]:8070' becomes '['; the fix belongs in gateway/http_event.py request_context (use "
+    "the bracket-aware parse http_api._host_name already does), being optimised concurrently",
+)
+def test_domain_name_of_an_ipv6_host(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
+    deploy("echo")
+    admin.add_route("GET /where", "echo")
+    context = echoed(http.get("/where", headers={"Host": "[::1]:8070"}))["requestContext"]
+    assert context["domainName"] == "[::1]"
