@@ -107,7 +107,8 @@ def add(
         Path | None, typer.Option(exists=True, dir_okay=False, help="jwt: static JWKS file.")
     ] = None,
     scope: Annotated[
-        list[str] | None, typer.Option(help="jwt: required scope (repeatable).")
+        list[str] | None,
+        typer.Option(help="jwt: an accepted scope (repeatable; the token needs one of them)."),
     ] = None,
     identity_source: Annotated[
         list[str] | None,

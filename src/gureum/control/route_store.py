@@ -78,7 +78,7 @@ class RouteStore:
                     route_key=row.route_key,
                     function_name=row.function_name,
                     qualifier=row.qualifier,
-                    auth=Authorization.from_dict(json.loads(row.auth)),
+                    auth=_stored_authorization(json.loads(row.auth)),
                     rate_limit=row.rate_limit,
                     burst=row.burst,
                     timeout_ms=row.timeout_ms,
@@ -410,3 +410,11 @@ class RouteStore:
 
 def _stage_variables_json(api: Api) -> str | None:
     return json.dumps(api.stage_variables) if api.stage_variables else None
+
+
+def _stored_authorization(stored: dict[str, Any]) -> Authorization:
+    """An `Authorization` as saved. Earlier versions left a Lambda authorizer's ttl_s out when
+    it was 0 (a cached one always has an identity source, so it was saved with its ttl)."""
+    if stored.get("kind") == "lambda" and "ttl_s" not in stored:
+        stored = {**stored, "ttl_s": 0}
+    return Authorization.from_dict(stored)

@@ -206,7 +206,7 @@ class Authorization:
     audience: tuple[str, ...] = ()  # jwt
     jwks_url: str | None = None  # jwt
     jwks: dict[str, Any] | None = None  # jwt: static keys, as a JWKS document
-    scopes: tuple[str, ...] = ()  # jwt: every one of these must be granted
+    scopes: tuple[str, ...] = ()  # jwt: the token must be granted at least one of these
 
     @classmethod
     def from_dict(cls, data: object) -> Authorization:
@@ -247,7 +247,13 @@ class Authorization:
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 3600:
             raise InvalidParameterValue("authorizer ttl_s must be between 0 and 3600 seconds")
         if ttl and not sources:
-            raise InvalidParameterValue("authorizer caching (ttl_s > 0) needs an identity source")
+            if "identity_source" in data and data["identity_source"] is not None:
+                raise InvalidParameterValue(
+                    "authorizer caching (ttl_s > 0) needs an identity source"
+                )
+            # caching is on by default, so a bare 'lambda:NAME' reads the Authorization header,
+            # as the CLI and AWS's console default it
+            sources = DEFAULT_IDENTITY_SOURCE
         return cls(kind="lambda", function=function, identity_source=sources, ttl_s=ttl)
 
     @classmethod
@@ -292,6 +298,9 @@ class Authorization:
         for key, value in asdict(self).items():
             if key != "kind" and value not in (None, (), [], 0):
                 out[key] = list(value) if isinstance(value, tuple) else value
+        if self.kind == "lambda":
+            # 0 (no caching) is not the default: left out, it would come back as 300
+            out["ttl_s"] = self.ttl_s
         return out
 
     @property

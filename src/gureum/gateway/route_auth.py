@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -37,7 +38,7 @@ JWKS_REFRESH_MIN_S = 30.0  # an unknown `kid` refetches the JWKS at most this of
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 AUTHORIZER_CACHE_MAX = 10_000
 
-# (account, function name, qualifier, payload) -> result
+# (API id, authorizer function, identity source values)
 CacheKey = tuple[str, str, tuple[str, ...]]
 Invoke = Callable[[str, str, str | None, bytes], Awaitable[InvocationResult]]
 
@@ -79,9 +80,7 @@ class RouteAuthorizer:
         self.region = region
         self._jwks: dict[str, tuple[float, jwt.PyJWKSet]] = {}
         self._jwks_lock = asyncio.Lock()
-        self._cache: dict[
-            tuple[str, str, tuple[str, ...]], tuple[float, dict[str, Any] | None]
-        ] = {}
+        self._cache: dict[CacheKey, tuple[float, AuthorizerAnswer]] = {}
 
     async def authorize(
         self, api: Api, route: Route, facts: RequestFacts, scope: Scope, body: bytes
@@ -177,11 +176,16 @@ class RouteAuthorizer:
         if not isinstance(audiences, list) or not set(audiences) & set(auth.audience):
             raise unauthorized()
         granted: list[str] | None = None
-        if isinstance(claims.get("scope"), str):
-            granted = claims["scope"].split()
-        elif isinstance(claims.get("scp"), list):
-            granted = [str(s) for s in claims["scp"]]
-        if auth.scopes and not set(auth.scopes) <= set(granted or []):
+        for claim in ("scope", "scp"):  # Okta's scp is a list, Entra ID's a string like scope
+            value = claims.get(claim)
+            if isinstance(value, str):
+                granted = value.split()
+            elif isinstance(value, list):
+                granted = [str(s) for s in value]
+            if granted is not None:
+                break
+        # AWS: the token must carry at least one of the route's scopes
+        if auth.scopes and not set(auth.scopes) & set(granted or []):
             raise forbidden()
         return {
             "jwt": {
@@ -239,37 +243,46 @@ class RouteAuthorizer:
             if not value:
                 raise unauthorized()
             values.append(value)
+        route_arn = self._route_arn(api, facts)
         cache_key = (api.api_id, auth.function, tuple(values))
         now = time.monotonic()
+        answer = None
         if auth.ttl_s:
             hit = self._cache.get(cache_key)
             if hit is not None and hit[0] > now:
-                if hit[1] is None:
-                    raise forbidden()
-                return {"lambda": hit[1]}
-        context = await self._call_authorizer(api, route, facts, values)
-        if auth.ttl_s:
-            if len(self._cache) >= AUTHORIZER_CACHE_MAX:
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                answer = hit[1]
+        if answer is None:
+            answer = await self._call_authorizer(api, route, facts, values, route_arn)
+            if auth.ttl_s:
                 if len(self._cache) >= AUTHORIZER_CACHE_MAX:
-                    self._cache.clear()
-            self._cache[cache_key] = (now + auth.ttl_s, context)
-        if context is None:
+                    self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                    if len(self._cache) >= AUTHORIZER_CACHE_MAX:
+                        self._cache.clear()
+                self._cache[cache_key] = (now + auth.ttl_s, answer)
+        # A cached policy is evaluated again for each request, as AWS does: a policy that
+        # allows only the route it was first asked about does not open the others.
+        if not answer.allows(route_arn):
             raise forbidden()
-        return {"lambda": context}
+        return {"lambda": answer.context}
+
+    def _route_arn(self, api: Api, facts: RequestFacts) -> str:
+        """AWS's routeArn: the request's own method and path (below the stage, here below the
+        API's base path and stage), not the route key — 'ANY /{proxy+}' is asked about, and
+        policies name, 'GET /users/7'."""
+        path = facts.raw_path[len(api.prefix) :] or "/"
+        return (
+            f"arn:aws:execute-api:{self.region}:{api.account_id}:{api.api_id}/{api.stage}/"
+            f"{facts.method}{path}"
+        )
 
     async def _call_authorizer(
-        self, api: Api, route: Route, facts: RequestFacts, values: list[str]
-    ) -> dict[str, Any] | None:
-        """Invoke the authorizer; its context if it allows, None if it denies."""
+        self, api: Api, route: Route, facts: RequestFacts, values: list[str], route_arn: str
+    ) -> AuthorizerAnswer:
+        """Invoke the authorizer and check the shape of its answer."""
         assert route.auth.function is not None
         event = common_fields(api, facts, api.account_id)
-        method, _, path = route.route_key.partition(" ")
         event["type"] = "REQUEST"
-        route_arn = event["routeArn"] = (
-            f"arn:aws:execute-api:{self.region}:{api.account_id}:{api.api_id}/{api.stage}/"
-            f"{method}{path}"
-        )
+        event["routeArn"] = route_arn
         event["identitySource"] = values
         name, qualifier, _ = parse_function_ref(route.auth.function)
         call = asyncio.ensure_future(
@@ -291,24 +304,38 @@ class RouteAuthorizer:
             answer = None
         if not isinstance(answer, dict):
             answer = {}
+        context = answer.get("context") or {}
+        context = context if isinstance(context, dict) else {}
         if isinstance(answer.get("isAuthorized"), bool):  # a simple response
-            allowed = answer["isAuthorized"]
-        elif "policyDocument" in answer:  # an IAM policy response
+            return AuthorizerAnswer(answer["isAuthorized"], None, context)
+        if "policyDocument" in answer:  # an IAM policy response
+            document = answer["policyDocument"]
             try:
-                allowed = policy_allows(answer["policyDocument"], "execute-api:Invoke", route_arn)
+                policy_allows(document, "execute-api:Invoke", route_arn)
             except ValueError as exc:
                 log.warning("authorizer %s returned a bad policy: %s", route.auth.function, exc)
                 raise HttpApiError(500, "Internal Server Error") from None
-        else:
-            log.warning(
-                "authorizer %s returned neither isAuthorized nor a policyDocument",
-                route.auth.function,
-            )
-            raise HttpApiError(500, "Internal Server Error")
-        if not allowed:
-            return None
-        context = answer.get("context") or {}
-        return context if isinstance(context, dict) else {}
+            return AuthorizerAnswer(False, document, context)
+        log.warning(
+            "authorizer %s returned neither isAuthorized nor a policyDocument",
+            route.auth.function,
+        )
+        raise HttpApiError(500, "Internal Server Error")
+
+
+@dataclass(frozen=True)
+class AuthorizerAnswer:
+    """What a Lambda authorizer said, as cached: a simple verdict, or a policy document
+    (already checked to be one) that is evaluated against each request's route ARN."""
+
+    authorized: bool
+    policy: object
+    context: dict[str, Any]
+
+    def allows(self, route_arn: str) -> bool:
+        if self.policy is None:
+            return self.authorized
+        return policy_allows(self.policy, "execute-api:Invoke", route_arn)
 
 
 def policy_allows(document: object, action: str, resource: str) -> bool:

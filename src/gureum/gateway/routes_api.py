@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from gureum.iam.sigv4 import Identity
 from gureum.platform import Platform
@@ -27,7 +27,11 @@ def _caller(request: Request) -> Identity:
 Caller = Annotated[Identity, Depends(_caller)]
 
 
+# Every body model forbids unknown fields: a misspelt or unchangeable field (PATCH with
+# base_path) is an error, not a silent no-op answered 200.
 class ApiIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(description="unique per account")
     base_path: str = Field("", description="path prefix, e.g. /shop; empty for none")
     host: str = Field("", description="serve only requests for this Host; empty for any")
@@ -45,6 +49,8 @@ class ApiIn(BaseModel):
 
 
 class ApiPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     cors: dict[str, Any] | None = None
     rate_limit: float | None = None
     burst: int | None = None
@@ -52,6 +58,8 @@ class ApiPatch(BaseModel):
 
 
 class RouteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     route_key: str = Field(description="'METHOD /path/{param}/{proxy+}', 'ANY /path' or $default")
     target: str = Field(description="function, function:version or function:alias")
     api: str | None = Field(None, description="API name; the account's 'default' API if omitted")
@@ -67,6 +75,8 @@ class RouteIn(BaseModel):
 
 
 class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     api: str | None = None
 

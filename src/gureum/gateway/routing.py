@@ -52,16 +52,15 @@ class _Pattern:
         params: dict[str, str] = {}
         greedy = bool(self.kinds) and self.kinds[-1] == GREEDY
         if greedy:
-            if len(segments) < len(self.kinds):
+            # AWS gives a greedy variable an empty remainder: '/files/' matches
+            # '/files/{path+}' with path '', and the root '/' matches '/{proxy+}'
+            if len(segments) < len(self.kinds) and (segments or len(self.kinds) != 1):
                 return None
         elif len(segments) != len(self.kinds):
             return None
         for index, kind in enumerate(self.kinds):
             if kind == GREEDY:
-                rest = "/".join(segments[index:])
-                if not rest:
-                    return None
-                params[self.names[index] or ""] = rest
+                params[self.names[index] or ""] = "/".join(segments[index:])
                 return params
             segment = segments[index]
             if kind == LITERAL:
@@ -85,7 +84,9 @@ class _ApiRoutes:
     def __init__(self, api: Api, routes: list[Route]) -> None:
         self.api = api
         self.default: Route | None = None
-        self.exact: dict[tuple[str, str], Route] = {}
+        # keyed by the decoded segments, not a joined path: '/a%2Fb' is one segment, 'a/b',
+        # and must not reach the route 'GET /a/b'
+        self.exact: dict[tuple[str, tuple[str, ...]], Route] = {}
         patterns: list[_Pattern] = []
         for route in routes:
             key = RouteKey.parse(route.route_key)
@@ -106,14 +107,15 @@ class _ApiRoutes:
                     names.append(param.group(1))
                     literals.append("")
             if all(kind == LITERAL for kind in kinds):
-                self.exact[(key.method, "/" + "/".join(literals))] = route
+                self.exact[(key.method, tuple(literals))] = route
             else:
                 patterns.append(
                     _Pattern(route, key.method, tuple(kinds), tuple(names), tuple(literals))
                 )
         self.patterns = sorted(patterns, key=lambda p: p.specificity)
 
-    def match(self, method: str, path: str, segments: list[str]) -> RouteMatch | None:
+    def match(self, method: str, segments: list[str]) -> RouteMatch | None:
+        path = tuple(segments)
         for candidate in (method, "ANY"):
             route = self.exact.get((candidate, path))
             if route is not None:
@@ -158,5 +160,4 @@ class RouteTable:
         """The route for `method` and the raw path below the API prefix; BadPath if the
         path does not decode."""
         segments = [decode_segment(s) for s in rest[1:].split("/")] if rest != "/" else []
-        path = "/" + "/".join(segments)
-        return entry.match(method, path, segments)
+        return entry.match(method, segments)

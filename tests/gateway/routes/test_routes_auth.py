@@ -6,7 +6,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,7 +19,9 @@ from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gureum.client import Client
-from tests.conftest import RunningServer
+from gureum.errors import InvalidParameterValue
+from gureum.store.schema import gateway_routes
+from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
 
 ISSUER = "https://issuer.example"
@@ -219,7 +221,7 @@ def test_lambda_authorizer_with_cache(
     assert context["user"] == "u-1" and context["type"] == "REQUEST"
     assert context["identity"] == ["let-me-in"]
     api_id = first["requestContext"]["apiId"]
-    assert context["routeArn"].endswith(f":{api_id}/$default/GET/cached/{{id}}")
+    assert context["routeArn"].endswith(f":{api_id}/$default/GET/cached/1")  # the request's
     # the same identity within the TTL is answered from the cache (same `calls`)
     second = echoed(http.get("/cached/2", headers={"Authorization": "let-me-in"}))
     assert second["requestContext"]["authorizer"]["lambda"]["calls"] == context["calls"]
@@ -272,3 +274,145 @@ def test_lambda_authorizer_iam_policy_responses(
         assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}, token
     broken = http.get("/p/1", headers={"Authorization": "malformed"})
     assert broken.status_code == 500 and broken.json() == {"message": "Internal Server Error"}
+
+
+def test_jwt_route_scopes_need_any_one_of_them(
+    deploy: Deploy, admin: Client, http: httpx.Client, rsa_keys: tuple[Any, dict[str, Any]]
+) -> None:
+    # AWS: "If you configure scopes for a route, the token must include at least one of the
+    # route's scopes."
+    private, jwks = rsa_keys
+    deploy("echo")
+    spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
+    admin.add_route("GET /orders", "echo", auth={**spec, "scopes": ["orders:write", "admin"]})
+    for granted in (
+        {"scope": "orders:write"},
+        {"scope": "read admin"},
+        {"scp": ["admin"]},  # Okta
+        {"scp": "read admin"},  # Microsoft Entra ID
+    ):
+        token = _token(private, **granted)
+        event = echoed(http.get("/orders", headers={"Authorization": f"Bearer {token}"}))
+        assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "user-7"
+    for granted in ({"scope": "orders:read"}, {}):
+        token = _token(private, **granted)
+        response = http.get("/orders", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 403 and response.json() == {"message": "Forbidden"}
+
+
+def test_cached_policy_is_evaluated_for_each_route(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # AWS caches the authorizer's policy, not its verdict: a policy that allows only the
+    # route it was asked about denies the other routes sharing the authorizer and identity.
+    deploy("echo")
+    deploy("policy", POLICY_AUTHORIZER)
+    auth = {"kind": "lambda:policy", "identity_source": ["$request.header.Authorization"]}
+    admin.add_route("GET /first", "echo", auth={**auth, "ttl_s": 300})
+    admin.add_route("GET /second", "echo", auth={**auth, "ttl_s": 300})
+    assert echoed(http.get("/first", headers={"Authorization": "route"}))
+    denied = http.get("/second", headers={"Authorization": "route"})
+    assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}
+    # and a cached policy that allows every route of the API still allows them all
+    for path in ("/first", "/second"):
+        event = echoed(http.get(path, headers={"Authorization": "wildcard"}))
+        assert event["requestContext"]["authorizer"]["lambda"] == {"tier": "gold"}
+    # a denial cached for one route does not shut the other, which the policy allows
+    admin.add_route("POST /elsewhere", "echo", auth={**auth, "ttl_s": 300})
+    assert http.get("/first", headers={"Authorization": "other-route"}).status_code == 403
+    assert echoed(http.post("/elsewhere", headers={"Authorization": "other-route"}))
+
+
+def test_lambda_authorizer_named_alone_reads_the_authorization_header(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # '/v1/routes' documents auth 'lambda:FUNCTION'; caching is on by default, so it needs
+    # (and, like the CLI, defaults to) the Authorization header as identity source
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    route = admin.add_route("GET /guarded", "echo", auth="lambda:authz")
+    assert route["auth"]["identity_source"] == ["$request.header.Authorization"]
+    assert route["auth"]["ttl_s"] == 300
+    assert http.get("/guarded").status_code == 401
+    event = echoed(http.get("/guarded", headers={"Authorization": "let-me-in"}))
+    assert event["requestContext"]["authorizer"]["lambda"]["identity"] == ["let-me-in"]
+    assert http.get("/guarded", headers={"Authorization": "nope"}).status_code == 403
+    # an explicitly empty identity source with caching is still refused
+    with pytest.raises(InvalidParameterValue):
+        admin.add_route("GET /empty", "echo", auth={"kind": "lambda:authz", "identity_source": []})
+
+
+def test_an_uncached_lambda_authorizer_stays_uncached_after_a_restart(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    # ttl_s 0 was left out of the stored settings, so a restart read the default (300): the
+    # route came back caching, and needing an identity source it never had
+    first = server_factory()
+    root = first.platform.root
+    with Client(first.endpoint, root.access_key_id, root.secret_access_key) as admin:
+        admin.create_function(
+            "echo", make_zip({"app.py": "def handler(e, c):\n    return 1\n"}), "app.handler"
+        )
+        admin.create_function("authz", make_zip({"app.py": AUTHORIZER}), "app.handler")
+        admin.add_route("GET /open", "echo", auth={"kind": "lambda:authz", "ttl_s": 0})
+        assert admin.list_routes()[0]["auth"]["ttl_s"] == 0
+        admin.add_route("GET /legacy", "echo", auth={"kind": "lambda:authz", "ttl_s": 0})
+
+    async def save_as_earlier_versions_did() -> None:
+        async with first.platform.routes.db.engine.begin() as conn:
+            await conn.execute(
+                gateway_routes.update()
+                .where(gateway_routes.c.route_key == "GET /legacy")
+                .values(auth=json.dumps({"kind": "lambda", "function": "authz"}))
+            )
+
+    first.run(save_as_earlier_versions_did())
+    first.stop()
+    second = server_factory(port=free_port())
+    with Client(second.endpoint, root.access_key_id, root.secret_access_key) as admin:
+        for route in admin.list_routes():
+            assert route["auth"]["ttl_s"] == 0 and "identity_source" not in route["auth"]
+    # no identity source: the authorizer is asked every time, with or without a header
+    for path in ("/open", "/legacy"):
+        allowed = httpx.get(second.endpoint + path, headers={"Authorization": "let-me-in"})
+        assert allowed.text == "1"
+        assert httpx.get(second.endpoint + path).status_code == 403
+
+
+USERS_POLICY_AUTHORIZER = """
+def handler(event, context):
+    ctx = event["requestContext"]
+    arn = f"arn:aws:execute-api:{REGION}:{ctx['accountId']}:{ctx['apiId']}/{ctx['stage']}"
+    return {"principalId": "u",
+            "policyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Action": "execute-api:Invoke", "Effect": "Allow",
+                 "Resource": arn + "/GET/users/*"}]},
+            "context": {"routeArn": event["routeArn"]}}
+"""
+
+
+def test_route_arn_names_the_request_method_and_path(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # As on AWS, routeArn is …/{stage}/{request method}{request path}: an authorizer's policy
+    # for 'GET /users/*' works behind 'ANY /{proxy+}' (it was …/ANY/{proxy+}, which no policy
+    # written for AWS names)
+    region = server.settings.region
+    deploy("echo")
+    deploy("users-policy", f"REGION = {region!r}\n" + USERS_POLICY_AUTHORIZER)
+    admin.add_route("ANY /{proxy+}", "echo", auth={"kind": "lambda:users-policy", "ttl_s": 0})
+    event = echoed(http.get("/users/7"))
+    ctx = event["requestContext"]
+    assert ctx["authorizer"]["lambda"]["routeArn"] == (
+        f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/$default/GET/users/7"
+    )
+    assert http.delete("/users/7").status_code == 403
+    assert http.get("/admin").status_code == 403
+    # below a base path and a stage, the path is the one below them, as AWS's is below the stage
+    admin.create_api("shop", base_path="/shop", stage="prod")
+    admin.add_route("GET /users/{id}", "echo", api="shop", auth="lambda:users-policy")
+    event = echoed(http.get("/shop/prod/users/8", headers={"Authorization": "x"}))
+    ctx = event["requestContext"]
+    assert ctx["authorizer"]["lambda"]["routeArn"] == (
+        f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/prod/GET/users/8"
+    )
