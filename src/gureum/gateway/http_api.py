@@ -34,6 +34,7 @@ from gureum.gateway.http_event import (
     RequestFacts,
     build_event,
     header_map,
+    host_name,
     map_response,
 )
 from gureum.gateway.ratelimit import RateLimiter
@@ -109,7 +110,7 @@ class HttpApiGateway:
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         raw_path = raw_path.split("?", 1)[0]
         headers = header_map(scope["headers"])
-        host = _host_name(headers.get("host", ""))
+        host = host_name(headers.get("host", ""))
         found = self.table().find_api(host, raw_path)
         api: Api | None = None
         route_key = "-"
@@ -294,13 +295,6 @@ def _add_forwarded(headers: dict[str, str], scope: Scope) -> None:
     headers.setdefault("x-forwarded-proto", scope.get("scheme", "http"))
 
 
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host.split("]", 1)[0] + "]"
-    return host.split(":", 1)[0]
-
-
 def _message(status: int, message: str, headers: dict[str, str] | None = None) -> HttpResponse:
     body = json.dumps({"message": message}).encode()
     return HttpResponse(
@@ -340,6 +334,9 @@ def _origin_allowed(cors: Cors, origin: str) -> str | None:
         return origin
     if "*" in cors.allow_origins:
         return "*"
+    scheme, sep, _ = origin.partition("://")
+    if sep and f"{scheme.lower()}://*" in cors.allow_origins:  # any origin of that scheme
+        return origin
     return None
 
 

@@ -2,9 +2,9 @@
 return value becomes the HTTP response. Pure functions; no I/O.
 
 Event: header names lower-cased and duplicates joined with ','; `cookie` headers moved to
-`cookies`; query values percent-decoded and duplicates joined with ','; keys that would be empty
-(`cookies`, `queryStringParameters`, `pathParameters`, `body`) left out, as AWS leaves them out;
-text bodies as text, anything else base64 with `isBase64Encoded: true`.
+`cookies`; query values percent-decoded ('+' a space) and duplicates joined with ','; keys
+that would be empty (`cookies`, `queryStringParameters`, `pathParameters`, `body`) left out,
+as AWS leaves them out; text bodies as text, anything else base64 with `isBase64Encoded: true`.
 
 Response: a JSON object with `statusCode` is a structured response (`headers`, `cookies`,
 `body`, `isBase64Encoded`); a JSON string is the body of a 200 `application/json` response as
@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 import msgspec
 
@@ -89,8 +89,8 @@ def query_map(raw_query: str) -> dict[str, str]:
         if not piece:
             continue
         key, _, value = piece.partition("=")
-        key = unquote(key)
-        value = unquote(value)
+        key = unquote_plus(key)  # '+' is a space, as forms (and httpx, requests) send it
+        value = unquote_plus(value)
         params[key] = f"{params[key]},{value}" if key in params else value
     return params
 
@@ -117,8 +117,16 @@ class RequestFacts:
     received_at: float = field(default_factory=time.time)
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header: without its port, an IPv6 literal with its brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.split(":", 1)[0]
+
+
 def request_context(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]:
-    host = facts.headers.get("host", "").split(":", 1)[0] if "host" in facts.headers else ""
+    host = host_name(facts.headers.get("host", ""))
     return {
         "accountId": account,
         "apiId": api.api_id,

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from gureum.client import Client
 from gureum.errors import GureumError, InvalidParameterValue, ResourceConflict, ResourceNotFound
-from tests.conftest import RunningServer, free_port, make_zip, wait_for
+from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
 
 RETURNS = """
@@ -409,25 +409,6 @@ def test_an_encoded_slash_stays_inside_its_segment(
     assert echoed(http.get("/c/%64"))["routeKey"] == "GET /c/d"  # an escaped letter is a letter
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HTTP APIs answer an integration timeout with 503 {'message': 'Service Unavailable'} "
-    "(504 'Endpoint request timed out' is REST APIs'); the fix belongs in "
-    "gateway/http_api.py HttpApiGateway._invoke, which is being optimised concurrently",
-)
-def test_integration_timeout_is_503_as_on_http_apis(
-    deploy: Deploy, admin: Client, http: httpx.Client
-) -> None:
-    deploy("slowfn", RETURNS, timeout_s=10)
-    admin.add_route("GET /s/{kind}", "slowfn", timeout_ms=1000)
-    try:
-        response = http.get("/s/slow")
-        assert response.status_code == 503
-        assert response.json() == {"message": "Service Unavailable"}
-    finally:  # the timed-out invocation runs to its end before the server stops
-        wait_for(lambda: admin.invocations("slowfn"), timeout=15)
-
-
 def test_v1_refuses_fields_it_would_ignore(deploy: Deploy, admin: Client) -> None:
     # a PATCH of something that cannot change, or a misspelt setting, is an error — it was
     # answered 200 and silently dropped
@@ -452,12 +433,6 @@ def test_v1_refuses_fields_it_would_ignore(deploy: Deploy, admin: Client) -> Non
     assert admin.list_routes() == [] and admin.list_api_keys() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AWS adds x-forwarded-for/-port/-proto to the event's headers; without them Mangum "
-    "takes the scheme to be https, so a FastAPI redirect from a plain-HTTP gateway points at "
-    "https://… . The fix belongs in gateway/http_api.py / http_event.py (being optimised)",
-)
 def test_event_has_the_forwarded_headers_aws_adds(
     server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
@@ -470,12 +445,6 @@ def test_event_has_the_forwarded_headers_aws_adds(
     assert headers.get("x-forwarded-for") == "127.0.0.1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that disconnects in the middle of its body still gets the function invoked "
-    "with the truncated body; the fix belongs in gateway/http_api.py _read_body (stop on "
-    "http.disconnect instead of returning what came), being optimised concurrently",
-)
 def test_a_body_cut_short_by_a_disconnect_invokes_nothing(
     server: RunningServer, deploy: Deploy, admin: Client
 ) -> None:
@@ -493,12 +462,6 @@ def test_a_body_cut_short_by_a_disconnect_invokes_nothing(
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="API Gateway decodes '+' in a query string as a space (form encoding, what httpx and "
-    "requests send for params); the gateway keeps it as '+'. The fix belongs in "
-    "gateway/http_event.py query_map (unquote_plus), being optimised concurrently",
-)
 def test_plus_in_a_query_string_is_a_space(
     deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
@@ -509,13 +472,6 @@ def test_plus_in_a_query_string_is_a_space(
     assert event["queryStringParameters"] == {"q": "two words", "tag": "c++"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AWS's documented interpretation of a function returning the JSON string "
-    "\"Hello from Lambda!\" is body 'Hello from Lambda!' (the string, not its JSON text); the "
-    "gateway sends the quotes. The fix belongs in gateway/http_event.py map_response (and "
-    "test_response_mapping's '\"just text\"' with it), being optimised concurrently",
-)
 def test_a_returned_string_is_the_body_itself(
     deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
@@ -526,13 +482,6 @@ def test_a_returned_string_is_the_body_itself(
     assert text.text == "just text"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a 204/304 response from the function is sent with its body, which the client reads "
-    "as the start of the next response on the connection; a 1xx statusCode is sent as if it "
-    "were final. The fix belongs in gateway/http_api.py _send (no body for 204/304) and "
-    "http_event.py map_response (1xx is malformed), being optimised concurrently",
-)
 def test_no_body_on_204_and_304_and_no_1xx_final_status(
     deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
@@ -552,13 +501,6 @@ def test_no_body_on_204_and_304_and_no_1xx_final_status(
     assert response.json() == {"message": "Internal Server Error"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a response header name that is not an HTTP token (space, ':') or a value with a NUL "
-    "passes map_response and uvicorn then drops the connection without any response; it "
-    "should be a malformed response (500). The fix belongs in gateway/http_event.py "
-    "map_response, being optimised concurrently",
-)
 def test_invalid_response_header_names_are_a_500_not_a_dropped_connection(
     deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
@@ -596,12 +538,6 @@ def test_a_greedy_variable_takes_an_empty_remainder(
     assert below["pathParameters"] == {"path": "a/b/"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="requestContext.domainName cuts the Host at its first ':', so an IPv6 literal Host "
-    "'[::1]:8070' becomes '['; the fix belongs in gateway/http_event.py request_context (use "
-    "the bracket-aware parse http_api._host_name already does), being optimised concurrently",
-)
 def test_domain_name_of_an_ipv6_host(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
     deploy("echo")
     admin.add_route("GET /where", "echo")

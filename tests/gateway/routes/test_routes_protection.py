@@ -204,12 +204,6 @@ def test_cli_manages_apis_routes_and_keys(
     assert json.loads(run("route", "ls", "--json")) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AWS's allowOrigins takes 'https://*' / 'http://*' (any origin of that scheme); the "
-    "gateway compares origins literally, so such a configuration never matches. The fix "
-    "belongs in gateway/http_api.py _origin_allowed, being optimised concurrently",
-)
 def test_cors_origin_patterns_by_scheme(deploy: Deploy, admin: Client, http: httpx.Client) -> None:
     deploy("echo")
     admin.create_api("web", base_path="/web", cors={"allow_origins": ["https://*"]})
