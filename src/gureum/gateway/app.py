@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -95,22 +96,41 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _settle_garbage_collector() -> tuple[int, int, int]:
-    """Tune the collector for serving once the platform is open (this app owns the process).
+class _ServingCollector:
+    """Tune the collector for serving once a platform is open, and give it back after.
 
     Everything start-up made (modules, the platform, SQLAlchemy's and botocore's tables: some
     140,000 objects the collector tracks) moves to the permanent generation, where no collection
     looks at it again: a full collection then scans only what serving made since, instead of
     pausing every request in flight for tens of milliseconds (the p99 of a warm invoke at
-    c=32 went from 19-41 ms to 10 ms). The collector's settings are the process's: the app
-    assumes it owns the process, and on shutdown unfreezes the heap and restores the
-    thresholds this returns.
+    c=32 went from 19-41 ms to 10 ms). The collector's settings are the process's, so apps
+    that serve at the same time (tests run several) share them: the first to start saves the
+    thresholds and tunes, the last to stop unfreezes the heap and restores them.
     """
-    previous = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    return previous
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # apps of one process may run on loops of their own
+        self._users = 0
+        self._saved = gc.get_threshold()
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1:
+                self._saved = gc.get_threshold()
+                gc.collect()
+                gc.freeze()
+                gc.set_threshold(*GC_THRESHOLDS)
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                gc.unfreeze()
+                gc.set_threshold(*self._saved)
+
+
+_SERVING_COLLECTOR = _ServingCollector()
 
 
 class GatewayApp:
@@ -123,7 +143,7 @@ class GatewayApp:
         self._management: ASGIApp | None = None
         self._user_routes: HttpApiGateway | None = None
         self._s3: S3API | None = None
-        self._gc_thresholds: tuple[int, int, int] | None = None  # to restore on shutdown
+        self._tuned_collector = False  # released on shutdown
         # signing keys and recently verified requests, for this app's event loop only
         self._verification_cache = VerificationCache()
         if platform is not None:
@@ -251,7 +271,8 @@ class GatewayApp:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 if self.settings is not None:
-                    self._gc_thresholds = _settle_garbage_collector()
+                    _SERVING_COLLECTOR.acquire()
+                    self._tuned_collector = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
@@ -260,9 +281,8 @@ class GatewayApp:
                     if self.platform is not None and self.settings is not None:
                         await self.platform.close()
                 finally:
-                    if self._gc_thresholds is not None:
-                        gc.unfreeze()
-                        gc.set_threshold(*self._gc_thresholds)
-                        self._gc_thresholds = None
+                    if self._tuned_collector:
+                        self._tuned_collector = False
+                        _SERVING_COLLECTOR.release()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

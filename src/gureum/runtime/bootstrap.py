@@ -413,27 +413,22 @@ def _log_error(error: dict[str, Any]) -> None:
         os.write(2, record.encode(errors="backslashreplace"))
 
 
-def _end_log(marker_fd: int, request_id: str) -> None:
+def _end_log(marker_fd: int, request_id: str, *, unless_drained: bool = False) -> bool:
+    """Write the end marker for `request_id`; return whether it was written. With
+    `unless_drained`, not while the log pipe holds nothing unread: then the agent has read,
+    and so holds, everything written so far, the marker would only cost it one more wakeup
+    and read, and the result says `drained` instead."""
     # Whatever the function did to sys.stdout, fd 1 or the streams, the marker must get out.
     _flush_streams()
-    os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
-
-
-def _end_invocation_log(marker_fd: int, request_id: str) -> bool:
-    """End an invocation's log: with its end marker while the log pipe holds bytes the agent
-    has not read, else with nothing (return False; the result says `drained`). An empty pipe
-    means the agent has read, and so holds, everything written so far, and the marker would
-    only cost it one more wakeup and read per invocation."""
-    _flush_streams()
-    if _pipe_empty(marker_fd):
+    if unless_drained and _pipe_empty(marker_fd):
         return False
     os.write(marker_fd, protocol.LOG_END_MARKER + request_id.encode() + b"\n")
     return True
 
 
 def _pipe_empty(fd: int) -> bool:
-    """Whether the pipe `fd` is a write end of holds no unread bytes (False where it cannot
-    tell)."""
+    """Whether the pipe whose write end is `fd` holds no unread bytes (False where that
+    cannot be told)."""
     try:
         unread: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
     except OSError:
@@ -623,7 +618,7 @@ def _serve(sock: socket.socket, marker_fd: int, handler: Any, request_filter: An
         request_filter.request_id = request_id
         ok, body = _within_frame_limit(*_invoke(handler, header, payload, function), request_id)
         result = {"t": "result", "id": request_id, "ok": ok, "max_rss_kb": peak_memory.kb()}
-        if not _end_invocation_log(marker_fd, request_id):
+        if not _end_log(marker_fd, request_id, unless_drained=True):
             result["drained"] = True
         if queued:  # the agent may get "ready" and this in one read: it cannot time this
             result["ms"] = (time.perf_counter() - began) * 1000
