@@ -193,6 +193,44 @@ def test_copy_object(s3: Any, bucket: str) -> None:
     assert code_of(exc) == "NoSuchKey"
 
 
+def test_unsupported_subresources_leave_objects_and_buckets_alone(s3: Any, bucket: str) -> None:
+    """Operations this server does not implement are refused, never served as the plain
+    object or bucket operation on the same path."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"precious")
+    tags = {"TagSet": [{"Key": "a", "Value": "b"}]}
+    attempts = [
+        lambda: s3.put_object_tagging(Bucket=bucket, Key="k", Tagging=tags),
+        lambda: s3.put_object_acl(Bucket=bucket, Key="k", ACL="private"),
+        lambda: s3.delete_object_tagging(Bucket=bucket, Key="k"),
+        lambda: s3.get_object_tagging(Bucket=bucket, Key="k"),
+        lambda: s3.get_object_attributes(Bucket=bucket, Key="k", ObjectAttributes=["ETag"]),
+        lambda: s3.delete_bucket_encryption(Bucket=bucket),
+        lambda: s3.delete_public_access_block(Bucket=bucket),
+        lambda: s3.get_bucket_encryption(Bucket=bucket),
+        lambda: s3.list_object_versions(Bucket=bucket),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ClientError) as exc:
+            attempt()
+        assert code_of(exc) == "NotImplemented" and status_of(exc) == 501
+    # an unversioned bucket's objects have only the version "null"
+    with pytest.raises(ClientError) as exc:
+        s3.delete_object(Bucket=bucket, Key="k", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert code_of(exc) == "InvalidArgument"
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(
+            Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "k", "VersionId": "v2"}
+        )
+    assert code_of(exc) == "InvalidArgument"
+    assert s3.get_object(Bucket=bucket, Key="k", VersionId="null")["Body"].read() == b"precious"
+    s3.copy_object(
+        Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "k", "VersionId": "null"}
+    )
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"precious"
+    s3.delete_object(Bucket=bucket, Key="c", VersionId="null")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+
+
 def test_delete_objects(s3: Any, bucket: str, server: RunningServer) -> None:
     for key in ("a", "b", "c"):
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())

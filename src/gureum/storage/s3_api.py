@@ -66,6 +66,43 @@ from gureum.storage.s3_xml import (
 from gureum.storage.sweeper import Sweeper
 
 MAX_DELETE_KEYS = 1000
+# S3's subresources (query parameters that name another operation on the same path) that
+# are not served here: a request naming one is refused, never served as the plain operation
+# (a PutObjectTagging would otherwise overwrite the object with its XML, and a
+# DeleteBucketEncryption delete the bucket)
+UNSUPPORTED_SUBRESOURCES = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "attributes",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "legal-hold",
+        "lifecycle",
+        "logging",
+        "metadataTable",
+        "metrics",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "renameObject",
+        "replication",
+        "requestPayment",
+        "restore",
+        "retention",
+        "select",
+        "session",
+        "tagging",
+        "torrent",
+        "versions",
+        "website",
+    }
+)
 Operation = Callable[[S3Request, ObjectStore], Awaitable[Response]]
 
 
@@ -159,7 +196,11 @@ class S3API:
             if method == "GET":
                 return self.list_buckets
             raise _not_implemented(method, "the service")
+        unsupported = UNSUPPORTED_SUBRESOURCES & query.keys()
+        if unsupported:
+            raise _not_implemented(method, f"?{sorted(unsupported)[0]}")
         if req.key:
+            _check_version_id(query)
             if method in ("GET", "HEAD"):
                 if "uploadId" in query and method == "GET":
                     return s3_objects.list_parts
@@ -182,9 +223,6 @@ class S3API:
                 if handler is None:
                     raise _not_implemented(method, f"?{subresource}")
                 return handler  # type: ignore[no-any-return]
-        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging"}
-        if unsupported & query.keys():
-            raise _not_implemented(method, f"?{sorted(unsupported & query.keys())[0]}")
         routes: dict[str, Operation] = {
             "GET": self.list_objects,
             "HEAD": self.head_bucket,
@@ -504,6 +542,19 @@ def _check_owner(req: S3Request, owner: str, bucket: str) -> None:
 
 async def _head_object(req: S3Request, store: ObjectStore) -> Response:
     return await s3_objects.get_object(req, store, head=True)
+
+
+def _check_version_id(query: dict[str, str]) -> None:
+    """Buckets are unversioned: an object's only version is `null`, as on S3 (a DeleteObject
+    of any other version must not delete the object)."""
+    version = query.get("versionId")
+    if version is not None and version != "null":
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            ArgumentName="versionId",
+            ArgumentValue=version[:1024],
+        )
 
 
 def _not_implemented(method: str, what: str) -> S3Error:

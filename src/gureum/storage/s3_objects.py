@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -215,7 +215,17 @@ async def put_object(req: S3Request, store: ObjectStore) -> Response:
 
 
 def _copy_source(req: S3Request) -> tuple[str, str]:
-    source = unquote(req.headers["x-amz-copy-source"].split("?", 1)[0]).removeprefix("/")
+    raw, _, query = req.headers["x-amz-copy-source"].partition("?")
+    version = dict(parse_qsl(query, keep_blank_values=True)).get("versionId")
+    if version is not None and version != "null":
+        # buckets are unversioned: copying another version must not copy the current one
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            ArgumentName="x-amz-copy-source",
+            ArgumentValue=version[:1024],
+        )
+    source = unquote(raw).removeprefix("/")
     src_bucket, sep, src_key = source.partition("/")
     if not sep or not src_key:
         raise S3Error(
