@@ -139,9 +139,21 @@ def test_ranges(s3: Any, bucket: str) -> None:
     assert get("bytes=7-")["Body"].read() == b"789"
     assert get("bytes=-3")["Body"].read() == b"789"
     assert get("bytes=8-100")["Body"].read() == b"89"
-    with pytest.raises(ClientError) as exc:
-        get("bytes=10-12")
-    assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
+    # a range that starts at or past the end is unsatisfiable, open-ended or not
+    for unsatisfiable in ("bytes=10-12", "bytes=10-", "bytes=-0"):
+        with pytest.raises(ClientError) as exc:
+            get(unsatisfiable)
+        assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
+    # an invalid range is ignored: the whole object
+    for invalid in ("bytes=5-2", "bytes=3-x", "bytes=x-3", "bytes=-"):
+        whole = get(invalid)
+        assert whole["Body"].read() == b"0123456789" and "ContentRange" not in whole
+    # no range of an empty object is satisfiable
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    for unsatisfiable in ("bytes=0-", "bytes=0-0", "bytes=-5"):
+        with pytest.raises(ClientError) as exc:
+            s3.get_object(Bucket=bucket, Key="empty", Range=unsatisfiable)
+        assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
 
 
 def test_conditional_requests(s3: Any, bucket: str) -> None:

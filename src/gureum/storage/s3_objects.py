@@ -17,7 +17,8 @@ from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http
 from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
 
 MAX_OBJECT_SIZE = 5 * 1024**3  # single PUT, as S3
-_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+_COPY_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]+)")
+_DIGITS = re.compile("[0-9]+")  # not str.isdigit(): int() refuses some of its digits
 _RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -76,21 +77,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, sep, last = header[6:].strip().partition("-")
-    if not sep or not (first.isdigit() or last.isdigit()):
+    if not sep or not (first or last) or not all(_DIGITS.fullmatch(p) for p in (first, last) if p):
         return None
     if not first:
         suffix = int(last)
-        if suffix == 0:
+        if suffix == 0 or size == 0:  # no byte of an empty object can be named
             raise _invalid_range(size)
         start = max(0, size - suffix)
         return start, size - start
     start = int(first)
-    end = int(last) if last.isdigit() else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # not a valid range: ignored (RFC 9110)
     if start >= size:
         raise _invalid_range(size)
-    end = min(end, size - 1)
+    end = min(int(last), size - 1) if last else size - 1
     return start, end - start + 1
 
 
