@@ -97,6 +97,24 @@ class Listing:
     last: str | None  # the last key or common prefix returned (where the next page starts)
 
 
+@dataclass(frozen=True)
+class UploadListing:
+    uploads: list[Upload]
+    common_prefixes: list[str]
+    truncated: bool
+    last: tuple[str, str | None] | None  # (key or common prefix, upload id) returned last
+
+
+def _upload(row: Mapping[Any, Any]) -> Upload:
+    return Upload(
+        row["upload_id"],
+        row["bucket"],
+        bytes(row["key"]).decode("utf-8"),
+        [(k, v) for k, v in json.loads(row["headers"])],
+        row["initiated_at"],
+    )
+
+
 def check_bucket_name(name: str) -> None:
     """Raise InvalidBucketName unless `name` follows S3's bucket naming rules."""
     if (
@@ -625,28 +643,102 @@ class ObjectCatalog:
             row["initiated_at"],
         )
 
-    async def list_uploads(self, bucket: str, prefix: str = "", limit: int = 1000) -> list[Upload]:
-        query = sa.select(s3_uploads).where(s3_uploads.c.bucket == bucket)
-        if prefix:
-            raw = prefix.encode()
-            query = query.where(s3_uploads.c.key >= raw)
-            upper = _upper_bound(raw)
-            if upper is not None:
-                query = query.where(s3_uploads.c.key < upper)
+    async def list_uploads(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str = "",
+        key_marker: str = "",
+        upload_id_marker: str = "",
+        max_uploads: int = 1000,
+    ) -> UploadListing:
+        """Unfinished uploads (and common prefixes, with a delimiter) in key order, a key's
+        uploads in the order they were initiated, after the markers: the uploads of keys
+        after `key_marker`, and with `upload_id_marker` also those of `key_marker` itself
+        initiated after that upload."""
+        raw_prefix, raw_delimiter = prefix.encode(), delimiter.encode()
+        # the cursor: rows after (key, initiated_at, upload_id), or every row from `from_key`
+        after: tuple[bytes, float, str] | None = None
+        from_key = raw_prefix
+        if key_marker:
+            marker = key_marker.encode()
+            found = await self._upload_row(bucket, marker, upload_id_marker)
+            if found is not None:
+                after = (marker, found.initiated_at, found.upload_id)
+            else:
+                from_key = max(raw_prefix, marker + b"\x00")  # the keys after the marker
+        upper = _upper_bound(raw_prefix) if raw_prefix else None
+        uploads: list[Upload] = []
+        prefixes: list[str] = []
+        last: tuple[str, str | None] | None = None
         async with self.db.engine.connect() as conn:
-            rows = await conn.execute(
-                query.order_by(s3_uploads.c.key, s3_uploads.c.initiated_at).limit(limit)
-            )
-            return [
-                Upload(
-                    r["upload_id"],
-                    r["bucket"],
-                    bytes(r["key"]).decode(),
-                    [(k, v) for k, v in json.loads(r["headers"])],
-                    r["initiated_at"],
+            while True:
+                query = sa.select(s3_uploads).where(s3_uploads.c.bucket == bucket)
+                if after is not None:
+                    key, initiated, upload_id = after
+                    query = query.where(
+                        sa.or_(
+                            s3_uploads.c.key > key,
+                            sa.and_(
+                                s3_uploads.c.key == key,
+                                sa.or_(
+                                    s3_uploads.c.initiated_at > initiated,
+                                    sa.and_(
+                                        s3_uploads.c.initiated_at == initiated,
+                                        s3_uploads.c.upload_id > upload_id,
+                                    ),
+                                ),
+                            ),
+                        )
+                    )
+                else:
+                    query = query.where(s3_uploads.c.key >= from_key)
+                if upper is not None:
+                    query = query.where(s3_uploads.c.key < upper)
+                order = (s3_uploads.c.key, s3_uploads.c.initiated_at, s3_uploads.c.upload_id)
+                rows = (await conn.execute(query.order_by(*order).limit(_PAGE))).mappings().all()
+                if not rows:
+                    return UploadListing(uploads, prefixes, False, last)
+                for row in rows:
+                    if len(uploads) + len(prefixes) >= max_uploads:
+                        return UploadListing(uploads, prefixes, True, last)
+                    raw = bytes(row["key"])
+                    cut = raw.find(raw_delimiter, len(raw_prefix)) if raw_delimiter else -1
+                    if cut < 0:
+                        upload = _upload(row)
+                        uploads.append(upload)
+                        last = (upload.key, upload.upload_id)
+                        after = (raw, upload.initiated_at, upload.upload_id)
+                        continue
+                    common = raw[: cut + len(raw_delimiter)]
+                    if common.decode() != key_marker:  # a page may end on a common prefix
+                        prefixes.append(common.decode())
+                        last = (common.decode(), None)
+                    bound = _upper_bound(common)
+                    if bound is None:
+                        return UploadListing(uploads, prefixes, False, last)
+                    after, from_key = None, bound
+                    break  # re-query past every upload under this common prefix
+
+    async def _upload_row(self, bucket: str, key: bytes, upload_id: str) -> Upload | None:
+        if not upload_id:
+            return None
+        async with self.db.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(s3_uploads).where(
+                            s3_uploads.c.bucket == bucket,
+                            s3_uploads.c.key == key,
+                            s3_uploads.c.upload_id == upload_id,
+                        )
+                    )
                 )
-                for r in rows.mappings()
-            ]
+                .mappings()
+                .first()
+            )
+        return None if row is None else _upload(row)
 
     async def put_part(self, upload_id: str, part: Part) -> str | None:
         """Add or replace a part; return the blob it replaced. NoSuchUpload if it is gone."""

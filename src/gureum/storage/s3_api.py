@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -66,6 +67,7 @@ from gureum.storage.s3_xml import (
 from gureum.storage.sweeper import Sweeper
 
 MAX_DELETE_KEYS = 1000
+_DIGITS = re.compile("[0-9]+")
 # S3's subresources (query parameters that name another operation on the same path) that
 # are not served here: a request naming one is refused, never served as the plain operation
 # (a PutObjectTagging would otherwise overwrite the object with its XML, and a
@@ -343,25 +345,52 @@ class S3API:
 
     async def get_uploads(self, req: S3Request, store: ObjectStore) -> Response:
         await store.catalog.get_bucket(req.bucket)
-        encode = req.query.get("encoding-type") == "url"
-        prefix = req.query.get("prefix", "")
-        max_uploads = _max_keys(req.query.get("max-uploads"))
-        uploads = await store.catalog.list_uploads(req.bucket, prefix, max_uploads)
+        q = req.query
+        encode = q.get("encoding-type") == "url"
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, upload_id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        max_uploads = _max_keys(q.get("max-uploads"), "max-uploads")
+        listing = await store.catalog.list_uploads(
+            req.bucket,
+            prefix=prefix,
+            delimiter=delimiter,
+            key_marker=key_marker,
+            upload_id_marker=upload_id_marker if key_marker else "",
+            max_uploads=max_uploads,
+        )
+
+        def enc(value: str) -> str:
+            return quote(value, safe="/") if encode else value
+
         root = document("ListMultipartUploadsResult")
         add(root, "Bucket", req.bucket)
-        add(root, "KeyMarker", "")
-        add(root, "UploadIdMarker", "")
-        add(root, "Prefix", quote(prefix, safe="/") if encode else prefix)
+        add(root, "KeyMarker", enc(key_marker))
+        add(root, "UploadIdMarker", upload_id_marker)
+        if listing.truncated and listing.last is not None:
+            next_key, next_upload_id = listing.last
+            add(root, "NextKeyMarker", enc(next_key))
+            add(root, "NextUploadIdMarker", next_upload_id or "")
+        add(root, "Prefix", enc(prefix))
+        if delimiter:
+            add(root, "Delimiter", enc(delimiter))
         add(root, "MaxUploads", max_uploads)
         if encode:
             add(root, "EncodingType", "url")
-        add(root, "IsTruncated", False)
-        for upload in uploads:
+        add(root, "IsTruncated", listing.truncated)
+        for upload in listing.uploads:
             node = add(root, "Upload")
-            add(node, "Key", quote(upload.key, safe="/") if encode else upload.key)
+            add(node, "Key", enc(upload.key))
             add(node, "UploadId", upload.upload_id)
+            owner = add(node, "Initiator")
+            add(owner, "ID", req.identity.account_id)
+            add(owner, "DisplayName", req.identity.account_id)
+            owner = add(node, "Owner")
+            add(owner, "ID", req.identity.account_id)
+            add(owner, "DisplayName", req.identity.account_id)
             add(node, "StorageClass", "STANDARD")
             add(node, "Initiated", iso_date(upload.initiated_at))
+        for common in listing.common_prefixes:
+            add(add(root, "CommonPrefixes"), "Prefix", enc(common))
         return xml_response(root, req.request_id)
 
     async def post_delete(self, req: S3Request, store: ObjectStore) -> Response:
@@ -565,14 +594,14 @@ def _not_implemented(method: str, what: str) -> S3Error:
     )
 
 
-def _max_keys(raw: str | None) -> int:
+def _max_keys(raw: str | None, name: str = "max-keys") -> int:
     if raw is None or raw == "":
         return 1000
-    if not raw.isdigit():
+    if not _DIGITS.fullmatch(raw):  # not str.isdigit(): int() refuses some of its digits
         raise S3Error(
             "InvalidArgument",
-            "Provided max-keys not an integer or within integer range",
-            ArgumentName="max-keys",
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
             ArgumentValue=raw[:64],
         )
     return min(int(raw), 1000)
