@@ -375,7 +375,7 @@ async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
     wanted: list[tuple[int, str]] = []
     for part in root.findall("Part"):
         number, etag = text(part, "PartNumber"), text(part, "ETag")
-        if number is None or etag is None or not number.strip().isdigit():
+        if number is None or etag is None or not _DIGITS.fullmatch(number.strip()):
             raise malformed()
         wanted.append((int(number), etag))
     meta = await store.complete(req.bucket, req.key, req.query["uploadId"], wanted, req.context)
