@@ -83,6 +83,33 @@ def test_bucket_cp_and_notify_commands(server: RunningServer, tmp_path: Path, la
     assert run(server, "bucket", "ls") == []
 
 
+def test_notify_add_keeps_the_queue_configurations(
+    server: RunningServer, s3: Any, bucket: str, lam: Any
+) -> None:
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    queue = {
+        "Id": "to-queue",
+        "QueueArn": attributes["Attributes"]["QueueArn"],
+        "Events": ["s3:ObjectRemoved:*"],
+    }
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [queue]}
+    )
+    lam.create_function(
+        FunctionName="on-upload",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
+    )
+    run(server, "notify", "add", bucket, "on-upload")
+    got = s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert got["QueueConfigurations"] == [queue]
+    assert [c["Events"] for c in got["LambdaFunctionConfigurations"]] == [["s3:ObjectCreated:*"]]
+
+
 def png(width: int, height: int) -> bytes:
     """A valid RGB PNG, built by hand (the test process has no Pillow)."""
 

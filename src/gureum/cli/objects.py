@@ -219,7 +219,8 @@ def notify_add(
         if qualifier:
             arn += f":{qualifier}"
         current = s3.get_bucket_notification_configuration(Bucket=bucket)
-        configs = current.get("LambdaFunctionConfigurations", [])
+        current.pop("ResponseMetadata", None)
+        configs = current.setdefault("LambdaFunctionConfigurations", [])
         entry: dict[str, Any] = {
             "LambdaFunctionArn": arn,
             "Events": [
@@ -230,9 +231,8 @@ def notify_add(
         if rules:
             entry["Filter"] = {"Key": {"FilterRules": rules}}
         configs.append(entry)
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": configs}
-        )
+        # the whole configuration is replaced: keep its other kinds (QueueConfigurations)
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
         _show(s3, bucket, json_output)
 
 
