@@ -174,9 +174,50 @@ def test_conditional_requests(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as exc:
         s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=past)
     assert status_of(exc) == 412
+    assert exc.value.response["Error"]["Condition"] == "If-Unmodified-Since"
+    # If-None-Match compares weakly (RFC 9110): W/"<etag>" names the object too
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfNoneMatch="W/" + etag)
+    assert status_of(exc) == 304
+    # If-Match compares strongly: a weak tag never matches
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfMatch="W/" + etag)
+    assert status_of(exc) == 412
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
     assert status_of(exc) == 304
+
+
+def test_conditional_writes(s3: Any, bucket: str, server: RunningServer) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"second", IfNoneMatch="*")
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    assert exc.value.response["Error"]["Condition"] == "If-None-Match"
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"second", IfMatch='"0000"')
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"]
+    etag = s3.put_object(Bucket=bucket, Key="k", Body=b"third", IfMatch=etag)["ETag"]
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="gone", Body=b"x", IfMatch=etag)
+    assert code_of(exc) == "NoSuchKey" and status_of(exc) == 404
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    assert len(blob_files(server)) == 1  # refused bodies leave nothing behind
+    # a refused completion leaves the upload to complete unconditionally
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"mp")
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload=parts, IfNoneMatch="*"
+        )
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload=parts, IfMatch=etag
+    )
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"mp"
 
 
 def test_copy_object(s3: Any, bucket: str) -> None:

@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -40,6 +40,9 @@ OBJECT_CACHE_SIZE = 10_000
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
+# A conditional write's check of the object it replaces: called with that object's ETag
+# (None: there is none) in the write's transaction; raises to refuse the write.
+Expect = Callable[[str | None], None]
 
 
 # more writes to make in a change's transaction (its notifications)
@@ -186,7 +189,7 @@ def _object(row: Mapping[Any, Any]) -> ObjectMeta:
 
 # built once, so SQLAlchemy caches them whole
 _OLD_BLOB = (
-    sa.select(s3_buckets.c.name, s3_objects.c.blob)
+    sa.select(s3_buckets.c.name, s3_objects.c.blob, s3_objects.c.etag)
     .select_from(
         s3_buckets.outerjoin(
             s3_objects,
@@ -227,7 +230,7 @@ def _object_values(meta: ObjectMeta) -> dict[str, Any]:
 
 
 def _put_object_sqlite(
-    meta: ObjectMeta, also: AlsoWrite | None, conn: sqlite3.Connection
+    meta: ObjectMeta, also: AlsoWrite | None, expect: Expect | None, conn: sqlite3.Connection
 ) -> str | None:
     """`ObjectCatalog._put_object` for `Database.write`'s direct SQLite path: the same
     statements, compiled once (`sqlite_statement`), run with Python's sqlite3."""
@@ -238,6 +241,8 @@ def _put_object_sqlite(
     if found is None:
         raise no_such_bucket(meta.bucket)
     old: str | None = found[1]
+    if expect is not None:
+        expect(found[2])
     run_sqlite(conn, _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT, params)
     if also is not None:
         also.write_sqlite(conn)
@@ -431,28 +436,35 @@ class ObjectCatalog:
 
     # -- objects ---------------------------------------------------------------------------
 
-    async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
-        """Insert or replace an object (and make the `also` writes in the same transaction);
-        return the blob it replaced, if any."""
+    async def put_object(
+        self, meta: ObjectMeta, also: AlsoWrite | None = None, expect: Expect | None = None
+    ) -> str | None:
+        """Insert or replace an object (and make the `also` writes in the same transaction),
+        if `expect` accepts the object it replaces; return the blob it replaced, if any."""
 
         async def write(conn: AsyncConnection) -> str | None:
-            old = await self._put_object(conn, meta)
+            old = await self._put_object(conn, meta, expect)
             if also is not None:
                 await also.write(conn)
             return old
 
         self._forget(meta.bucket, meta.key)
         try:
-            return await self.db.write(write, sqlite=partial(_put_object_sqlite, meta, also))
+            direct = partial(_put_object_sqlite, meta, also, expect)
+            return await self.db.write(write, sqlite=direct)
         finally:
             self._forget(meta.bucket, meta.key)
 
-    async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
+    async def _put_object(
+        self, conn: AsyncConnection, meta: ObjectMeta, expect: Expect | None = None
+    ) -> str | None:
         keys = {"bucket": meta.bucket, "key": check_key(meta.key)}
         found = (await conn.execute(_OLD_BLOB, keys)).first()
         if found is None:
             raise no_such_bucket(meta.bucket)
         old: str | None = found.blob
+        if expect is not None:
+            expect(found.etag)
         if old is None:
             await conn.execute(_INSERT_OBJECT, {**keys, **_object_values(meta)})
         else:
@@ -806,21 +818,30 @@ class ObjectCatalog:
             ]
 
     async def finish_upload(
-        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None = None
+        self,
+        upload_id: str,
+        meta: ObjectMeta | None,
+        also: AlsoWrite | None = None,
+        expect: Expect | None = None,
     ) -> list[str]:
-        """End an upload: with `meta`, publish it as the object (complete), else abort; the
-        `also` writes go into the same transaction. Returns the blobs no longer referenced
+        """End an upload: with `meta`, publish it as the object (complete) if `expect`
+        accepts the object it replaces, else abort; the `also` writes go into the same
+        transaction. Returns the blobs no longer referenced
         (the parts', and a replaced object's)."""
         if meta is not None:
             self._forget(meta.bucket, meta.key)
         try:
-            return await self._finish_upload(upload_id, meta, also)
+            return await self._finish_upload(upload_id, meta, also, expect)
         finally:
             if meta is not None:
                 self._forget(meta.bucket, meta.key)
 
     async def _finish_upload(
-        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None
+        self,
+        upload_id: str,
+        meta: ObjectMeta | None,
+        also: AlsoWrite | None,
+        expect: Expect | None = None,
     ) -> list[str]:
         async with self.db.write_gate, self.db.engine.begin() as conn:
             blobs = list(
@@ -835,7 +856,7 @@ class ObjectCatalog:
             if not result.rowcount:
                 raise no_such_upload(upload_id)
             if meta is not None:
-                old = await self._put_object(conn, meta)
+                old = await self._put_object(conn, meta, expect)
                 if old is not None:
                     blobs.append(old)
             if also is not None:

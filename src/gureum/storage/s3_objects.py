@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobWriter
-from gureum.storage.catalog import ObjectMeta
+from gureum.storage.catalog import Expect, ObjectMeta
 from gureum.storage.objects import MAX_PARTS, ObjectStore
 from gureum.storage.payload import Verify
 from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http_date
@@ -43,13 +43,20 @@ def _filler(req: S3Request, max_size: int = MAX_OBJECT_SIZE):  # type: ignore[no
 # -- conditions and ranges ---------------------------------------------------------------------
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def _etag_matches(header: str, etag: str, *, weak: bool = False) -> bool:
+    """Whether an If-Match (strong comparison) or, with `weak`, an If-None-Match (weak
+    comparison: W/"x" matches "x") list names `etag`; quotes are optional."""
     wanted = [t.strip() for t in header.split(",")]
-    return "*" in wanted or etag in wanted or etag.strip('"') in [t.strip('"') for t in wanted]
+    if weak:
+        wanted = [t.removeprefix("W/") for t in wanted]
+    return "*" in wanted or etag.strip('"') in [t.strip('"') for t in wanted]
 
 
-def check_conditions(headers: dict[str, str], meta: ObjectMeta, prefix: str = "") -> int | None:
-    """304 or 412 when a conditional header says so, else None (RFC 7232 as S3 applies it)."""
+def check_conditions(
+    headers: dict[str, str], meta: ObjectMeta, prefix: str = ""
+) -> tuple[int, str] | None:
+    """(304 or 412, the header that said so) when a conditional header says so, else None
+    (RFC 7232 as S3 applies it)."""
     modified = int(meta.last_modified)
     if_match = headers.get(f"{prefix}if-match")
     if_unmodified = headers.get(f"{prefix}if-unmodified-since")
@@ -57,18 +64,18 @@ def check_conditions(headers: dict[str, str], meta: ObjectMeta, prefix: str = ""
     if_modified = headers.get(f"{prefix}if-modified-since")
     if if_match is not None:
         if not _etag_matches(if_match, meta.etag):
-            return 412
+            return 412, "If-Match"
     elif if_unmodified is not None:
         since = parse_http_date(if_unmodified)
         if since is not None and modified > since:
-            return 412
+            return 412, "If-Unmodified-Since"
     if if_none_match is not None:
-        if _etag_matches(if_none_match, meta.etag):
-            return 304
+        if _etag_matches(if_none_match, meta.etag, weak=True):
+            return 304, "If-None-Match"
     elif if_modified is not None:
         since = parse_http_date(if_modified)
         if since is not None and modified <= since:
-            return 304
+            return 304, "If-Modified-Since"
     return None
 
 
@@ -92,6 +99,15 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise _invalid_range(size)
     end = min(int(last), size - 1) if last else size - 1
     return start, end - start + 1
+
+
+def _precondition_failed(condition: str) -> S3Error:
+    return S3Error(
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold",
+        412,
+        Condition=condition,
+    )
 
 
 def _invalid_range(size: int) -> S3Error:
@@ -129,7 +145,7 @@ async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> 
     if "partNumber" in req.query:
         raise S3Error("NotImplemented", "GetObject by partNumber is not implemented", 501)
     span: tuple[int, int] | None = None
-    status: int | None = None
+    status: tuple[int, str] | None = None
 
     def choose(meta: ObjectMeta) -> tuple[int, int]:
         nonlocal span, status
@@ -150,13 +166,9 @@ async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> 
     if status is not None:
         if reader is not None:
             await reader.close()
-        if status == 412:
-            raise S3Error(
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold",
-                412,
-                Condition="If-Match",
-            )
+        code, condition = status
+        if code == 412:
+            raise _precondition_failed(condition)
         return Response(
             b"", 304, headers={k: v for k, v in headers.items() if k not in ("content-type",)}
         )
@@ -205,10 +217,43 @@ class BlobResponse(Response):
             await self.reader.close()
 
 
+def write_condition(req: S3Request) -> Expect | None:
+    """The check of a conditional write (If-None-Match: * or If-Match: <etag>) on the object
+    it would replace, as S3 makes it (None: the write is unconditional)."""
+    if_none_match = req.headers.get("if-none-match")
+    if_match = req.headers.get("if-match")
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error(
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented: "
+            "If-None-Match accepts only '*' on writes",
+            501,
+            Header="If-None-Match",
+        )
+    if if_none_match is None and if_match is None:
+        return None
+    key = req.key
+
+    def expect(etag: str | None) -> None:
+        if etag is None:
+            if if_match is not None:
+                raise S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=key)
+            return
+        if if_none_match is not None:
+            raise _precondition_failed("If-None-Match")
+        if if_match is not None and not _etag_matches(if_match, etag):
+            raise _precondition_failed("If-Match")
+
+    return expect
+
+
 async def put_object(req: S3Request, store: ObjectStore) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req, store)
-    meta = await store.put(req.bucket, req.key, req.stored_headers(), _filler(req), req.context)
+    expect = write_condition(req)
+    meta = await store.put(
+        req.bucket, req.key, req.stored_headers(), _filler(req), req.context, expect
+    )
     headers = {**_base_headers(req), "etag": meta.etag}
     headers.update({n: v for n, v in meta.headers if n.startswith("x-amz-checksum-")})
     return Response(b"", 200, headers=headers)
@@ -378,7 +423,10 @@ async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
         if number is None or etag is None or not _DIGITS.fullmatch(number.strip()):
             raise malformed()
         wanted.append((int(number), etag))
-    meta = await store.complete(req.bucket, req.key, req.query["uploadId"], wanted, req.context)
+    expect = write_condition(req)
+    meta = await store.complete(
+        req.bucket, req.key, req.query["uploadId"], wanted, req.context, expect
+    )
     result = document("CompleteMultipartUploadResult")
     add(result, "Location", f"/{req.bucket}/{req.key}")
     add(result, "Bucket", req.bucket)
