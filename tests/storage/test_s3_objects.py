@@ -345,6 +345,14 @@ def test_list_objects_v2_prefix_delimiter_and_pages(s3: Any, bucket: str) -> Non
     assert code_of(exc) == "InvalidArgument"
 
 
+def test_a_continuation_token_not_ours_is_refused(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"")
+    for token in ("!!!", "", "é", "YQ"):
+        with pytest.raises(ClientError) as exc:
+            s3.list_objects_v2(Bucket=bucket, ContinuationToken=token)
+        assert code_of(exc) == "InvalidArgument"
+
+
 def test_list_objects_v1(s3: Any, bucket: str) -> None:
     for key in ("a/1", "a/2", "b", "c"):
         s3.put_object(Bucket=bucket, Key=key, Body=b".")

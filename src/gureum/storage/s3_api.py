@@ -613,7 +613,11 @@ def _encode_token(last: str) -> str:
 
 def _decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+        # validate: a token with other characters is not one of ours, not an empty one
+        last = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        if not last:
+            raise ValueError("an empty token")
+        return last.decode("utf-8")
     except (binascii.Error, ValueError, UnicodeError):
         raise S3Error(
             "InvalidArgument",
