@@ -282,6 +282,11 @@ def test_unsupported_subresources_leave_objects_and_buckets_alone(s3: Any, bucke
     assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"precious"
     s3.delete_object(Bucket=bucket, Key="c", VersionId="null")
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    out = s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "k", "VersionId": "3HL4kqtJlcpXroDTDmJ"}]}
+    )
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("k", "InvalidArgument")]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
 
 
 def test_delete_objects(s3: Any, bucket: str, server: RunningServer) -> None:

@@ -399,13 +399,15 @@ class S3API:
         if root.tag != "Delete":
             raise malformed()
         quiet = (text(root, "Quiet") or "").strip().lower() == "true"
-        keys = [text(node, "Key") for node in root.findall("Object")]
-        if not keys or len(keys) > MAX_DELETE_KEYS or any(k is None for k in keys):
+        objects = [(text(node, "Key"), text(node, "VersionId")) for node in root.findall("Object")]
+        if not objects or len(objects) > MAX_DELETE_KEYS or any(k is None for k, _ in objects):
             raise malformed()
         result = document("DeleteResult")
-        for key in keys:
+        for key, version in objects:
             assert key is not None
             try:
+                if version is not None:
+                    _check_version_id({"versionId": version})
                 await store.delete(req.bucket, key, req.context)
             except S3Error as exc:
                 error = add(result, "Error")
