@@ -60,6 +60,7 @@ from gureum.storage.s3_xml import (
     has_body,
     malformed,
     parse,
+    presigned,
     raw_path,
     text,
     xml_response,
@@ -172,7 +173,7 @@ class S3API:
                 exc,
                 method=scope["method"],
                 resource=raw_path(scope),
-                presigned=b"X-Amz-Signature" in scope.get("query_string", b""),
+                presigned=presigned(scope),
                 request_id=request_id,
             )
             if not finished and has_body(scope):
