@@ -358,6 +358,13 @@ def test_a_continuation_token_not_ours_is_refused(s3: Any, bucket: str) -> None:
         assert code_of(exc) == "InvalidArgument"
 
 
+def test_list_objects_v2_fetch_owner(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"")
+    assert "Owner" not in s3.list_objects_v2(Bucket=bucket)["Contents"][0]
+    owner = s3.list_objects_v2(Bucket=bucket, FetchOwner=True)["Contents"][0]["Owner"]
+    assert owner["ID"] == s3.list_buckets()["Owner"]["ID"]
+
+
 def test_list_objects_v1(s3: Any, bucket: str) -> None:
     for key in ("a/1", "a/2", "b", "c"):
         s3.put_object(Bucket=bucket, Key=key, Body=b".")

@@ -341,7 +341,9 @@ class S3API:
                 add(root, "NextContinuationToken", _encode_token(listing.last))
             elif delimiter:
                 add(root, "NextMarker", enc(listing.last))
-        _add_contents(root, listing, enc, owner=None if v2 else req.identity.account_id)
+        # ListObjectsV2 names owners only when asked to (fetch-owner), v1 always
+        with_owner = not v2 or q.get("fetch-owner", "").lower() == "true"
+        _add_contents(root, listing, enc, owner=req.identity.account_id if with_owner else None)
         return xml_response(root, req.request_id)
 
     async def get_uploads(self, req: S3Request, store: ObjectStore) -> Response:
