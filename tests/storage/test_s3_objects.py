@@ -365,6 +365,23 @@ def test_list_objects_v2_fetch_owner(s3: Any, bucket: str) -> None:
     assert owner["ID"] == s3.list_buckets()["Owner"]["ID"]
 
 
+def test_max_keys_zero_lists_nothing_and_is_not_truncated(s3: Any, bucket: str) -> None:
+    for key in ("a", "b/c"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="a")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="a", UploadId=upload_id, PartNumber=1, Body=b"p")
+    parts = s3.list_parts(Bucket=bucket, Key="a", UploadId=upload_id, MaxParts=0)
+    assert not parts["IsTruncated"] and "Parts" not in parts
+    for delimiter in ("", "/"):
+        v2 = s3.list_objects_v2(Bucket=bucket, MaxKeys=0, Delimiter=delimiter)
+        assert not v2["IsTruncated"] and v2["KeyCount"] == 0 and "Contents" not in v2
+        assert "NextContinuationToken" not in v2
+        v1 = s3.list_objects(Bucket=bucket, MaxKeys=0, Delimiter=delimiter)
+        assert not v1["IsTruncated"] and "Contents" not in v1 and "NextMarker" not in v1
+        uploads = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=0, Delimiter=delimiter)
+        assert not uploads["IsTruncated"] and "Uploads" not in uploads
+
+
 def test_list_objects_v1(s3: Any, bucket: str) -> None:
     for key in ("a/1", "a/2", "b", "c"):
         s3.put_object(Bucket=bucket, Key=key, Body=b".")

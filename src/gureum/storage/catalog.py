@@ -545,7 +545,10 @@ class ObjectCatalog:
         after: str = "",
         max_keys: int = 1000,
     ) -> Listing:
-        """Keys (and common prefixes, with a delimiter) after `after`, in byte order."""
+        """Keys (and common prefixes, with a delimiter) after `after`, in byte order. With
+        `max_keys` 0, nothing, and not truncated (as S3 answers: no page to continue from)."""
+        if max_keys <= 0:
+            return Listing([], [], False, None)
         raw_prefix = prefix.encode()
         raw_delimiter = delimiter.encode()
         marker = after.encode()
@@ -668,7 +671,9 @@ class ObjectCatalog:
         """Unfinished uploads (and common prefixes, with a delimiter) in key order, a key's
         uploads in the order they were initiated, after the markers: the uploads of keys
         after `key_marker`, and with `upload_id_marker` also those of `key_marker` itself
-        initiated after that upload."""
+        initiated after that upload. With `max_uploads` 0, nothing, and not truncated."""
+        if max_uploads <= 0:
+            return UploadListing([], [], False, None)
         raw_prefix, raw_delimiter = prefix.encode(), delimiter.encode()
         # the cursor: rows after (key, initiated_at, upload_id), or every row from `from_key`
         after: tuple[bytes, float, str] | None = None

@@ -442,7 +442,8 @@ async def list_parts(req: S3Request, store: ObjectStore) -> Response:
     max_parts = _int_param(req, "max-parts", 1000, 0, 2**31 - 1)
     marker = _int_param(req, "part-number-marker", 0, 0, MAX_PARTS)
     parts = await store.catalog.list_parts(upload_id, marker, min(max_parts, 1000) + 1)
-    truncated = len(parts) > min(max_parts, 1000)
+    # max-parts=0 asks for no page to continue from, as with max-keys
+    truncated = max_parts > 0 and len(parts) > min(max_parts, 1000)
     parts = parts[: min(max_parts, 1000)]
     root = document("ListPartsResult")
     add(root, "Bucket", req.bucket)
