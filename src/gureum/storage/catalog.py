@@ -671,7 +671,9 @@ class ObjectCatalog:
         """Unfinished uploads (and common prefixes, with a delimiter) in key order, a key's
         uploads in the order they were initiated, after the markers: the uploads of keys
         after `key_marker`, and with `upload_id_marker` also those of `key_marker` itself
-        initiated after that upload. With `max_uploads` 0, nothing, and not truncated."""
+        initiated after that upload (none, if that upload has ended since: S3 orders a key's
+        uploads by upload id there, ids here are random). With `max_uploads` 0, nothing, and
+        not truncated."""
         if max_uploads <= 0:
             return UploadListing([], [], False, None)
         raw_prefix, raw_delimiter = prefix.encode(), delimiter.encode()
