@@ -30,9 +30,9 @@ def signed(
     signer = _FixedPayloadSigner(credentials, "s3", server.settings.region)
     signer.payload_hash = payload_hash or _sha256(body)
     signer.add_auth(request)
-    return httpx.request(
-        method, server.endpoint + path, content=body, headers=dict(request.headers.items())
-    )
+    # latin-1, as HTTP carries header values: a test may send any byte
+    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()]
+    return httpx.request(method, server.endpoint + path, content=body, headers=sent)
 
 
 def _sha256(body: bytes) -> str:

@@ -46,6 +46,10 @@ def test_presigned_get_and_put(server: RunningServer, bucket: str) -> None:
     # tampering with the key breaks the signature
     forged = httpx.get(get_url.replace("via%20url.txt", "other.txt"))
     assert forged.status_code == 403 and error_code(forged) == "SignatureDoesNotMatch"
+    # a presigned URL that lacks a parameter says so in the presigned URL's terms
+    unsigned = httpx.get(get_url.split("&X-Amz-Signature=")[0])
+    assert unsigned.status_code == 400
+    assert error_code(unsigned) == "AuthorizationQueryParametersError"
 
 
 def test_expired_presigned_url(server: RunningServer, s3: Any, bucket: str) -> None:

@@ -83,6 +83,61 @@ def test_bucket_cp_and_notify_commands(server: RunningServer, tmp_path: Path, la
     assert run(server, "bucket", "ls") == []
 
 
+def test_cp_errors_are_reported_not_raised(server: RunningServer, tmp_path: Path) -> None:
+    run(server, "bucket", "create", "cp-errors")
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"small")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(9 * 1024 * 1024))  # a multipart upload
+
+    def failed(*args: str) -> Any:
+        result = CliRunner().invoke(app, list(args), env=cli_env(server))
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        return result
+
+    for source in (small, big):
+        result = failed("cp", str(source), "s3://no-such-bucket/")
+        assert result.exit_code == 1
+        # (after what is left of the progress bar, for the big file)
+        assert result.stderr.strip().startswith("error: NoSuchBucket: "), result.stderr
+    result = failed("cp", "s3://cp-errors/nope", str(tmp_path / "out"))
+    assert result.exit_code == 1 and result.stderr.startswith("error: NoSuchKey: ")
+    assert "s3://cp-errors/nope" in result.stderr
+    result = failed("cp", "s3://no-such-bucket/nope", str(tmp_path / "out"))
+    assert result.exit_code == 1 and result.stderr.startswith("error: NoSuchBucket: ")
+    run(server, "cp", str(small), "s3://cp-errors/")
+    result = failed("cp", "s3://cp-errors/small.txt", str(tmp_path / "no-dir" / "x"))
+    assert result.exit_code == 2 and "is not a directory" in result.stderr
+    assert not (tmp_path / "no-dir").exists()
+
+
+def test_notify_add_keeps_the_queue_configurations(
+    server: RunningServer, s3: Any, bucket: str, lam: Any
+) -> None:
+    sqs = server.client("sqs")
+    url = sqs.create_queue(QueueName="uploads")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    queue = {
+        "Id": "to-queue",
+        "QueueArn": attributes["Attributes"]["QueueArn"],
+        "Events": ["s3:ObjectRemoved:*"],
+    }
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [queue]}
+    )
+    lam.create_function(
+        FunctionName="on-upload",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
+    )
+    run(server, "notify", "add", bucket, "on-upload")
+    got = s3.get_bucket_notification_configuration(Bucket=bucket)
+    assert got["QueueConfigurations"] == [queue]
+    assert [c["Events"] for c in got["LambdaFunctionConfigurations"]] == [["s3:ObjectCreated:*"]]
+
+
 def png(width: int, height: int) -> bytes:
     """A valid RGB PNG, built by hand (the test process has no Pillow)."""
 

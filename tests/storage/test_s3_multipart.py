@@ -225,3 +225,31 @@ def test_upload_part_copy_errors(server: RunningServer, s3: Any, bucket: str) ->
     part = copy(CopySourceRange="bytes=2-4")["CopyPartResult"]
     assert part["ETag"] == f'"{hashlib.md5(b"234").hexdigest()}"'
     assert s3.list_parts(Bucket=bucket, Key="dest", UploadId=upload_id)["Parts"][0]["Size"] == 3
+
+
+def test_list_multipart_uploads_pages(s3: Any, bucket: str) -> None:
+    created: list[tuple[str, str]] = []
+    for key in ("k1", "k1", "k1", "k2", "p/a", "p/b", "q/a", "z z"):
+        created.append((key, s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]))
+    paginator = s3.get_paginator("list_multipart_uploads")
+    for size in (1, 2, 3, 1000):
+        pages = list(paginator.paginate(Bucket=bucket, PaginationConfig={"PageSize": size}))
+        listed = [(u["Key"], u["UploadId"]) for p in pages for u in p.get("Uploads", [])]
+        assert listed == created  # key order, then the order of initiation
+        assert len(pages) == -(-len(created) // size)
+    first = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=2)
+    assert first["IsTruncated"] and len(first["Uploads"]) == 2
+    assert (first["NextKeyMarker"], first["NextUploadIdMarker"]) == created[1]
+    after_k1 = s3.list_multipart_uploads(Bucket=bucket, KeyMarker="k1")
+    assert [u["Key"] for u in after_k1["Uploads"]] == ["k2", "p/a", "p/b", "q/a", "z z"]
+    # with a delimiter, a page may end on a common prefix; the next starts after it
+    pages = list(paginator.paginate(Bucket=bucket, Delimiter="/", PaginationConfig={"PageSize": 4}))
+    assert [
+        [u["Key"] for u in p.get("Uploads", [])]
+        + [c["Prefix"] for c in p.get("CommonPrefixes", [])]
+        for p in pages
+    ] == [["k1", "k1", "k1", "k2"], ["z z", "p/", "q/"]]
+    prefixed = s3.list_multipart_uploads(Bucket=bucket, Prefix="p/", EncodingType="url")
+    assert [u["Key"] for u in prefixed["Uploads"]] == ["p/a", "p/b"]
+    spaced = s3.list_multipart_uploads(Bucket=bucket, Prefix="z", EncodingType="url")
+    assert [u["Key"] for u in spaced["Uploads"]] == ["z%20z"]

@@ -139,9 +139,21 @@ def test_ranges(s3: Any, bucket: str) -> None:
     assert get("bytes=7-")["Body"].read() == b"789"
     assert get("bytes=-3")["Body"].read() == b"789"
     assert get("bytes=8-100")["Body"].read() == b"89"
-    with pytest.raises(ClientError) as exc:
-        get("bytes=10-12")
-    assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
+    # a range that starts at or past the end is unsatisfiable, open-ended or not
+    for unsatisfiable in ("bytes=10-12", "bytes=10-", "bytes=-0"):
+        with pytest.raises(ClientError) as exc:
+            get(unsatisfiable)
+        assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
+    # an invalid range is ignored: the whole object
+    for invalid in ("bytes=5-2", "bytes=3-x", "bytes=x-3", "bytes=-"):
+        whole = get(invalid)
+        assert whole["Body"].read() == b"0123456789" and "ContentRange" not in whole
+    # no range of an empty object is satisfiable
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    for unsatisfiable in ("bytes=0-", "bytes=0-0", "bytes=-5"):
+        with pytest.raises(ClientError) as exc:
+            s3.get_object(Bucket=bucket, Key="empty", Range=unsatisfiable)
+        assert code_of(exc) == "InvalidRange" and status_of(exc) == 416
 
 
 def test_conditional_requests(s3: Any, bucket: str) -> None:
@@ -162,9 +174,50 @@ def test_conditional_requests(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as exc:
         s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=past)
     assert status_of(exc) == 412
+    assert exc.value.response["Error"]["Condition"] == "If-Unmodified-Since"
+    # If-None-Match compares weakly (RFC 9110): W/"<etag>" names the object too
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfNoneMatch="W/" + etag)
+    assert status_of(exc) == 304
+    # If-Match compares strongly: a weak tag never matches
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfMatch="W/" + etag)
+    assert status_of(exc) == 412
     with pytest.raises(ClientError) as exc:
         s3.head_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
     assert status_of(exc) == 304
+
+
+def test_conditional_writes(s3: Any, bucket: str, server: RunningServer) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"second", IfNoneMatch="*")
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    assert exc.value.response["Error"]["Condition"] == "If-None-Match"
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"second", IfMatch='"0000"')
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    etag = s3.head_object(Bucket=bucket, Key="k")["ETag"]
+    etag = s3.put_object(Bucket=bucket, Key="k", Body=b"third", IfMatch=etag)["ETag"]
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="gone", Body=b"x", IfMatch=etag)
+    assert code_of(exc) == "NoSuchKey" and status_of(exc) == 404
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"third"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    assert len(blob_files(server)) == 1  # refused bodies leave nothing behind
+    # a refused completion leaves the upload to complete unconditionally
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    part = s3.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"mp")
+    parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(
+            Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload=parts, IfNoneMatch="*"
+        )
+    assert code_of(exc) == "PreconditionFailed" and status_of(exc) == 412
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="k", UploadId=upload_id, MultipartUpload=parts, IfMatch=etag
+    )
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"mp"
 
 
 def test_copy_object(s3: Any, bucket: str) -> None:
@@ -191,6 +244,49 @@ def test_copy_object(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as exc:
         s3.copy_object(Bucket="copies", Key="x", CopySource={"Bucket": bucket, "Key": "gone"})
     assert code_of(exc) == "NoSuchKey"
+
+
+def test_unsupported_subresources_leave_objects_and_buckets_alone(s3: Any, bucket: str) -> None:
+    """Operations this server does not implement are refused, never served as the plain
+    object or bucket operation on the same path."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"precious")
+    tags = {"TagSet": [{"Key": "a", "Value": "b"}]}
+    attempts = [
+        lambda: s3.put_object_tagging(Bucket=bucket, Key="k", Tagging=tags),
+        lambda: s3.put_object_acl(Bucket=bucket, Key="k", ACL="private"),
+        lambda: s3.delete_object_tagging(Bucket=bucket, Key="k"),
+        lambda: s3.get_object_tagging(Bucket=bucket, Key="k"),
+        lambda: s3.get_object_attributes(Bucket=bucket, Key="k", ObjectAttributes=["ETag"]),
+        lambda: s3.delete_bucket_encryption(Bucket=bucket),
+        lambda: s3.delete_public_access_block(Bucket=bucket),
+        lambda: s3.get_bucket_encryption(Bucket=bucket),
+        lambda: s3.list_object_versions(Bucket=bucket),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ClientError) as exc:
+            attempt()
+        assert code_of(exc) == "NotImplemented" and status_of(exc) == 501
+    # an unversioned bucket's objects have only the version "null"
+    with pytest.raises(ClientError) as exc:
+        s3.delete_object(Bucket=bucket, Key="k", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert code_of(exc) == "InvalidArgument"
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(
+            Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "k", "VersionId": "v2"}
+        )
+    assert code_of(exc) == "InvalidArgument"
+    assert s3.get_object(Bucket=bucket, Key="k", VersionId="null")["Body"].read() == b"precious"
+    s3.copy_object(
+        Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "k", "VersionId": "null"}
+    )
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"precious"
+    s3.delete_object(Bucket=bucket, Key="c", VersionId="null")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+    out = s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "k", "VersionId": "3HL4kqtJlcpXroDTDmJ"}]}
+    )
+    assert [(e["Key"], e["Code"]) for e in out["Errors"]] == [("k", "InvalidArgument")]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
 
 
 def test_delete_objects(s3: Any, bucket: str, server: RunningServer) -> None:
@@ -252,6 +348,38 @@ def test_list_objects_v2_prefix_delimiter_and_pages(s3: Any, bucket: str) -> Non
     with pytest.raises(ClientError) as exc:
         s3.list_objects_v2(Bucket=bucket, ContinuationToken="!!!not-a-token")
     assert code_of(exc) == "InvalidArgument"
+
+
+def test_a_continuation_token_not_ours_is_refused(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"")
+    for token in ("!!!", "", "é", "YQ"):
+        with pytest.raises(ClientError) as exc:
+            s3.list_objects_v2(Bucket=bucket, ContinuationToken=token)
+        assert code_of(exc) == "InvalidArgument"
+
+
+def test_list_objects_v2_fetch_owner(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"")
+    assert "Owner" not in s3.list_objects_v2(Bucket=bucket)["Contents"][0]
+    owner = s3.list_objects_v2(Bucket=bucket, FetchOwner=True)["Contents"][0]["Owner"]
+    assert owner["ID"] == s3.list_buckets()["Owner"]["ID"]
+
+
+def test_max_keys_zero_lists_nothing_and_is_not_truncated(s3: Any, bucket: str) -> None:
+    for key in ("a", "b/c"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="a")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="a", UploadId=upload_id, PartNumber=1, Body=b"p")
+    parts = s3.list_parts(Bucket=bucket, Key="a", UploadId=upload_id, MaxParts=0)
+    assert not parts["IsTruncated"] and "Parts" not in parts
+    for delimiter in ("", "/"):
+        v2 = s3.list_objects_v2(Bucket=bucket, MaxKeys=0, Delimiter=delimiter)
+        assert not v2["IsTruncated"] and v2["KeyCount"] == 0 and "Contents" not in v2
+        assert "NextContinuationToken" not in v2
+        v1 = s3.list_objects(Bucket=bucket, MaxKeys=0, Delimiter=delimiter)
+        assert not v1["IsTruncated"] and "Contents" not in v1 and "NextMarker" not in v1
+        uploads = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=0, Delimiter=delimiter)
+        assert not uploads["IsTruncated"] and "Uploads" not in uploads
 
 
 def test_list_objects_v1(s3: Any, bucket: str) -> None:

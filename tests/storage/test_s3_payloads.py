@@ -211,3 +211,27 @@ def test_truncated_upload_stores_nothing(server: RunningServer, s3: Any, bucket:
     time.sleep(0.3)
     assert stored_keys(s3, bucket) == []
     assert not list((server.settings.data_dir / "objects" / "tmp").iterdir())
+
+
+def test_digits_int_cannot_read_are_refused(server: RunningServer, s3: Any, bucket: str) -> None:
+    """'²' passes str.isdigit() but not int(): a bad request, not an internal error."""
+    headers = {**chunked_headers(3), "x-amz-decoded-content-length": "\xb2"}
+    response = signed(
+        server,
+        "PUT",
+        f"/{bucket}/k",
+        chunked([b"abc"], f"x-amz-checksum-crc32:{crc32_b64(b'abc')}"),
+        headers,
+        payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    )
+    assert response.status_code == 400 and error_code(response) == "InvalidArgument"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    parts = "<Part><PartNumber>\u00b2</PartNumber><ETag>x</ETag></Part>"
+    response = signed(
+        server,
+        "POST",
+        f"/{bucket}/k?uploadId={upload_id}",
+        f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode(),
+    )
+    assert response.status_code == 400 and error_code(response) == "MalformedXML"
+    assert stored_keys(s3, bucket) == []

@@ -9,9 +9,10 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError as BotoClientError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -36,10 +37,28 @@ def reports_s3_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except BotoClientError as exc:
-            error = exc.response.get("Error", {})
-            fail(str(error.get("Code", "Error")), str(error.get("Message", exc)))
+            _fail_with(exc)
+        except S3UploadFailedError as exc:
+            # boto3's transfer manager wraps the client error it raised in handling
+            if isinstance(exc.__context__, BotoClientError):
+                _fail_with(exc.__context__)
+            fail("UploadFailed", str(exc))
 
     return reports_errors(run)
+
+
+def _fail_with(exc: BotoClientError) -> NoReturn:
+    error = exc.response.get("Error", {})
+    fail(str(error.get("Code", "Error")), str(error.get("Message", exc)))
+
+
+def _missing_object(s3: Any, bucket: str, key: str) -> NoReturn:
+    """Say which is missing after a HEAD answered 404 (a HEAD error has no body to say it)."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except BotoClientError:
+        fail("NoSuchBucket", f"there is no bucket {bucket}")
+    fail("NoSuchKey", f"there is no object s3://{bucket}/{key}")
 
 
 @contextlib.contextmanager
@@ -180,13 +199,25 @@ def copy(
             target = Path(destination)
             if target.is_dir():
                 target = target / key.rsplit("/", 1)[-1]
-            size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            if not target.parent.is_dir():
+                raise typer.BadParameter(f"{target.parent} is not a directory", param_hint="DEST")
+            try:
+                size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            except BotoClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                    _missing_object(s3, bucket, key)
+                raise
             progress, callback = _progress(size, f"download {key}")
-            if progress is not None:
-                with progress:
-                    s3.download_file(bucket, key, str(target), Callback=callback)
-            else:
-                s3.download_file(bucket, key, str(target))
+            try:
+                if progress is not None:
+                    with progress:
+                        s3.download_file(bucket, key, str(target), Callback=callback)
+                else:
+                    s3.download_file(bucket, key, str(target))
+            except OSError as exc:
+                raise typer.BadParameter(
+                    f"cannot write {target}: {exc.strerror}", param_hint="DEST"
+                ) from None
             result = {"from": f"s3://{bucket}/{key}", "to": str(target), "size": size}
         if json_output:
             print_json(result)
@@ -219,7 +250,8 @@ def notify_add(
         if qualifier:
             arn += f":{qualifier}"
         current = s3.get_bucket_notification_configuration(Bucket=bucket)
-        configs = current.get("LambdaFunctionConfigurations", [])
+        current.pop("ResponseMetadata", None)
+        configs = current.setdefault("LambdaFunctionConfigurations", [])
         entry: dict[str, Any] = {
             "LambdaFunctionArn": arn,
             "Events": [
@@ -230,9 +262,8 @@ def notify_add(
         if rules:
             entry["Filter"] = {"Key": {"FilterRules": rules}}
         configs.append(entry)
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": configs}
-        )
+        # the whole configuration is replaced: keep its other kinds (QueueConfigurations)
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
         _show(s3, bucket, json_output)
 
 

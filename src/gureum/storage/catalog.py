@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -40,6 +40,9 @@ OBJECT_CACHE_SIZE = 10_000
 
 # header name -> value, in the order the client sent them (x-amz-meta-*, Content-Type …)
 Headers = list[tuple[str, str]]
+# A conditional write's check of the object it replaces: called with that object's ETag
+# (None: there is none) in the write's transaction; raises to refuse the write.
+Expect = Callable[[str | None], None]
 
 
 # more writes to make in a change's transaction (its notifications)
@@ -95,6 +98,24 @@ class Listing:
     common_prefixes: list[str]
     truncated: bool
     last: str | None  # the last key or common prefix returned (where the next page starts)
+
+
+@dataclass(frozen=True)
+class UploadListing:
+    uploads: list[Upload]
+    common_prefixes: list[str]
+    truncated: bool
+    last: tuple[str, str | None] | None  # (key or common prefix, upload id) returned last
+
+
+def _upload(row: Mapping[Any, Any]) -> Upload:
+    return Upload(
+        row["upload_id"],
+        row["bucket"],
+        bytes(row["key"]).decode("utf-8"),
+        [(k, v) for k, v in json.loads(row["headers"])],
+        row["initiated_at"],
+    )
 
 
 def check_bucket_name(name: str) -> None:
@@ -168,7 +189,7 @@ def _object(row: Mapping[Any, Any]) -> ObjectMeta:
 
 # built once, so SQLAlchemy caches them whole
 _OLD_BLOB = (
-    sa.select(s3_buckets.c.name, s3_objects.c.blob)
+    sa.select(s3_buckets.c.name, s3_objects.c.blob, s3_objects.c.etag)
     .select_from(
         s3_buckets.outerjoin(
             s3_objects,
@@ -209,7 +230,7 @@ def _object_values(meta: ObjectMeta) -> dict[str, Any]:
 
 
 def _put_object_sqlite(
-    meta: ObjectMeta, also: AlsoWrite | None, conn: sqlite3.Connection
+    meta: ObjectMeta, also: AlsoWrite | None, expect: Expect | None, conn: sqlite3.Connection
 ) -> str | None:
     """`ObjectCatalog._put_object` for `Database.write`'s direct SQLite path: the same
     statements, compiled once (`sqlite_statement`), run with Python's sqlite3."""
@@ -220,6 +241,8 @@ def _put_object_sqlite(
     if found is None:
         raise no_such_bucket(meta.bucket)
     old: str | None = found[1]
+    if expect is not None:
+        expect(found[2])
     run_sqlite(conn, _SQLITE_INSERT_OBJECT if old is None else _SQLITE_UPDATE_OBJECT, params)
     if also is not None:
         also.write_sqlite(conn)
@@ -413,28 +436,35 @@ class ObjectCatalog:
 
     # -- objects ---------------------------------------------------------------------------
 
-    async def put_object(self, meta: ObjectMeta, also: AlsoWrite | None = None) -> str | None:
-        """Insert or replace an object (and make the `also` writes in the same transaction);
-        return the blob it replaced, if any."""
+    async def put_object(
+        self, meta: ObjectMeta, also: AlsoWrite | None = None, expect: Expect | None = None
+    ) -> str | None:
+        """Insert or replace an object (and make the `also` writes in the same transaction),
+        if `expect` accepts the object it replaces; return the blob it replaced, if any."""
 
         async def write(conn: AsyncConnection) -> str | None:
-            old = await self._put_object(conn, meta)
+            old = await self._put_object(conn, meta, expect)
             if also is not None:
                 await also.write(conn)
             return old
 
         self._forget(meta.bucket, meta.key)
         try:
-            return await self.db.write(write, sqlite=partial(_put_object_sqlite, meta, also))
+            direct = partial(_put_object_sqlite, meta, also, expect)
+            return await self.db.write(write, sqlite=direct)
         finally:
             self._forget(meta.bucket, meta.key)
 
-    async def _put_object(self, conn: AsyncConnection, meta: ObjectMeta) -> str | None:
+    async def _put_object(
+        self, conn: AsyncConnection, meta: ObjectMeta, expect: Expect | None = None
+    ) -> str | None:
         keys = {"bucket": meta.bucket, "key": check_key(meta.key)}
         found = (await conn.execute(_OLD_BLOB, keys)).first()
         if found is None:
             raise no_such_bucket(meta.bucket)
         old: str | None = found.blob
+        if expect is not None:
+            expect(found.etag)
         if old is None:
             await conn.execute(_INSERT_OBJECT, {**keys, **_object_values(meta)})
         else:
@@ -515,7 +545,10 @@ class ObjectCatalog:
         after: str = "",
         max_keys: int = 1000,
     ) -> Listing:
-        """Keys (and common prefixes, with a delimiter) after `after`, in byte order."""
+        """Keys (and common prefixes, with a delimiter) after `after`, in byte order. With
+        `max_keys` 0, nothing, and not truncated (as S3 answers: no page to continue from)."""
+        if max_keys <= 0:
+            return Listing([], [], False, None)
         raw_prefix = prefix.encode()
         raw_delimiter = delimiter.encode()
         marker = after.encode()
@@ -625,28 +658,106 @@ class ObjectCatalog:
             row["initiated_at"],
         )
 
-    async def list_uploads(self, bucket: str, prefix: str = "", limit: int = 1000) -> list[Upload]:
-        query = sa.select(s3_uploads).where(s3_uploads.c.bucket == bucket)
-        if prefix:
-            raw = prefix.encode()
-            query = query.where(s3_uploads.c.key >= raw)
-            upper = _upper_bound(raw)
-            if upper is not None:
-                query = query.where(s3_uploads.c.key < upper)
+    async def list_uploads(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str = "",
+        key_marker: str = "",
+        upload_id_marker: str = "",
+        max_uploads: int = 1000,
+    ) -> UploadListing:
+        """Unfinished uploads (and common prefixes, with a delimiter) in key order, a key's
+        uploads in the order they were initiated, after the markers: the uploads of keys
+        after `key_marker`, and with `upload_id_marker` also those of `key_marker` itself
+        initiated after that upload (none, if that upload has ended since: S3 orders a key's
+        uploads by upload id there, ids here are random). With `max_uploads` 0, nothing, and
+        not truncated."""
+        if max_uploads <= 0:
+            return UploadListing([], [], False, None)
+        raw_prefix, raw_delimiter = prefix.encode(), delimiter.encode()
+        # the cursor: rows after (key, initiated_at, upload_id), or every row from `from_key`
+        after: tuple[bytes, float, str] | None = None
+        from_key = raw_prefix
+        if key_marker:
+            marker = key_marker.encode()
+            found = await self._upload_row(bucket, marker, upload_id_marker)
+            if found is not None:
+                after = (marker, found.initiated_at, found.upload_id)
+            else:
+                from_key = max(raw_prefix, marker + b"\x00")  # the keys after the marker
+        upper = _upper_bound(raw_prefix) if raw_prefix else None
+        uploads: list[Upload] = []
+        prefixes: list[str] = []
+        last: tuple[str, str | None] | None = None
         async with self.db.engine.connect() as conn:
-            rows = await conn.execute(
-                query.order_by(s3_uploads.c.key, s3_uploads.c.initiated_at).limit(limit)
-            )
-            return [
-                Upload(
-                    r["upload_id"],
-                    r["bucket"],
-                    bytes(r["key"]).decode(),
-                    [(k, v) for k, v in json.loads(r["headers"])],
-                    r["initiated_at"],
+            while True:
+                query = sa.select(s3_uploads).where(s3_uploads.c.bucket == bucket)
+                if after is not None:
+                    key, initiated, upload_id = after
+                    query = query.where(
+                        sa.or_(
+                            s3_uploads.c.key > key,
+                            sa.and_(
+                                s3_uploads.c.key == key,
+                                sa.or_(
+                                    s3_uploads.c.initiated_at > initiated,
+                                    sa.and_(
+                                        s3_uploads.c.initiated_at == initiated,
+                                        s3_uploads.c.upload_id > upload_id,
+                                    ),
+                                ),
+                            ),
+                        )
+                    )
+                else:
+                    query = query.where(s3_uploads.c.key >= from_key)
+                if upper is not None:
+                    query = query.where(s3_uploads.c.key < upper)
+                order = (s3_uploads.c.key, s3_uploads.c.initiated_at, s3_uploads.c.upload_id)
+                rows = (await conn.execute(query.order_by(*order).limit(_PAGE))).mappings().all()
+                if not rows:
+                    return UploadListing(uploads, prefixes, False, last)
+                for row in rows:
+                    if len(uploads) + len(prefixes) >= max_uploads:
+                        return UploadListing(uploads, prefixes, True, last)
+                    raw = bytes(row["key"])
+                    cut = raw.find(raw_delimiter, len(raw_prefix)) if raw_delimiter else -1
+                    if cut < 0:
+                        upload = _upload(row)
+                        uploads.append(upload)
+                        last = (upload.key, upload.upload_id)
+                        after = (raw, upload.initiated_at, upload.upload_id)
+                        continue
+                    common = raw[: cut + len(raw_delimiter)]
+                    if common.decode() != key_marker:  # a page may end on a common prefix
+                        prefixes.append(common.decode())
+                        last = (common.decode(), None)
+                    bound = _upper_bound(common)
+                    if bound is None:
+                        return UploadListing(uploads, prefixes, False, last)
+                    after, from_key = None, bound
+                    break  # re-query past every upload under this common prefix
+
+    async def _upload_row(self, bucket: str, key: bytes, upload_id: str) -> Upload | None:
+        if not upload_id:
+            return None
+        async with self.db.engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        sa.select(s3_uploads).where(
+                            s3_uploads.c.bucket == bucket,
+                            s3_uploads.c.key == key,
+                            s3_uploads.c.upload_id == upload_id,
+                        )
+                    )
                 )
-                for r in rows.mappings()
-            ]
+                .mappings()
+                .first()
+            )
+        return None if row is None else _upload(row)
 
     async def put_part(self, upload_id: str, part: Part) -> str | None:
         """Add or replace a part; return the blob it replaced. NoSuchUpload if it is gone."""
@@ -714,21 +825,30 @@ class ObjectCatalog:
             ]
 
     async def finish_upload(
-        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None = None
+        self,
+        upload_id: str,
+        meta: ObjectMeta | None,
+        also: AlsoWrite | None = None,
+        expect: Expect | None = None,
     ) -> list[str]:
-        """End an upload: with `meta`, publish it as the object (complete), else abort; the
-        `also` writes go into the same transaction. Returns the blobs no longer referenced
+        """End an upload: with `meta`, publish it as the object (complete) if `expect`
+        accepts the object it replaces, else abort; the `also` writes go into the same
+        transaction. Returns the blobs no longer referenced
         (the parts', and a replaced object's)."""
         if meta is not None:
             self._forget(meta.bucket, meta.key)
         try:
-            return await self._finish_upload(upload_id, meta, also)
+            return await self._finish_upload(upload_id, meta, also, expect)
         finally:
             if meta is not None:
                 self._forget(meta.bucket, meta.key)
 
     async def _finish_upload(
-        self, upload_id: str, meta: ObjectMeta | None, also: AlsoWrite | None
+        self,
+        upload_id: str,
+        meta: ObjectMeta | None,
+        also: AlsoWrite | None,
+        expect: Expect | None = None,
     ) -> list[str]:
         async with self.db.write_gate, self.db.engine.begin() as conn:
             blobs = list(
@@ -743,7 +863,7 @@ class ObjectCatalog:
             if not result.rowcount:
                 raise no_such_upload(upload_id)
             if meta is not None:
-                old = await self._put_object(conn, meta)
+                old = await self._put_object(conn, meta, expect)
                 if old is not None:
                     blobs.append(old)
             if also is not None:

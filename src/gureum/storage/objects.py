@@ -22,6 +22,7 @@ from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobStore, BlobWriter
 from gureum.storage.catalog import (
     Bucket,
+    Expect,
     Headers,
     ObjectCatalog,
     ObjectMeta,
@@ -117,12 +118,18 @@ class ObjectStore:
         )
 
     async def _publish(
-        self, bucket: Bucket, meta: ObjectMeta, event: str, ctx: WriteContext
+        self,
+        bucket: Bucket,
+        meta: ObjectMeta,
+        event: str,
+        ctx: WriteContext,
+        expect: Expect | None = None,
     ) -> None:
-        """Commit `meta` with its notifications; on failure, its blob is deleted."""
+        """Commit `meta` with its notifications (if `expect` accepts the object it replaces);
+        on failure, its blob is deleted."""
         try:
             delivery = await self._delivery(bucket, event, meta.key, meta, ctx)
-            old = await self.catalog.put_object(meta, delivery)
+            old = await self.catalog.put_object(meta, delivery, expect)
         except BaseException:
             await self._discard([meta.blob])
             raise
@@ -131,9 +138,16 @@ class ObjectStore:
             delivery.announce()
 
     async def put(
-        self, bucket: str, key: str, headers: Headers, fill: Fill, ctx: WriteContext
+        self,
+        bucket: str,
+        key: str,
+        headers: Headers,
+        fill: Fill,
+        ctx: WriteContext,
+        expect: Expect | None = None,
     ) -> ObjectMeta:
-        """Store a whole object from `fill` (PutObject)."""
+        """Store a whole object from `fill` (PutObject); with `expect`, only if it accepts
+        the object this one replaces, checked in the transaction that replaces it."""
         check_key(key)
         # NoSuchBucket before reading any body
         found = await self.catalog.recent_bucket(bucket)
@@ -144,7 +158,7 @@ class ObjectStore:
         meta = ObjectMeta(
             bucket, key, blob, received.size, f'"{received.md5_hex}"', time.time(), headers
         )
-        await self._publish(found, meta, "s3:ObjectCreated:Put", ctx)
+        await self._publish(found, meta, "s3:ObjectCreated:Put", ctx, expect)
         return meta
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
@@ -278,8 +292,10 @@ class ObjectStore:
         upload_id: str,
         wanted: list[tuple[int, str]],
         ctx: WriteContext,
+        expect: Expect | None = None,
     ) -> ObjectMeta:
-        """Assemble the listed (part number, ETag) parts into the object."""
+        """Assemble the listed (part number, ETag) parts into the object (with `expect`, only
+        if it accepts the object this one replaces; else the upload stays)."""
         found = await self.catalog.get_bucket(bucket)
         upload = await self.catalog.get_upload(bucket, key, upload_id)
         if not wanted:
@@ -335,7 +351,7 @@ class ObjectStore:
         event = "s3:ObjectCreated:CompleteMultipartUpload"
         try:
             delivery = await self._delivery(found, event, key, meta, ctx)
-            freed = await self.catalog.finish_upload(upload_id, meta, delivery)
+            freed = await self.catalog.finish_upload(upload_id, meta, delivery, expect)
         except BaseException:
             await self._discard([blob])
             raise

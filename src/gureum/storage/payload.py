@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096  # a chunk header or trailer line; real ones are < 200 bytes
+_DIGITS = re.compile("[0-9]+")
 _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-checksum-type")
 
 
@@ -200,9 +202,9 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     raw = headers.get(name)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not _DIGITS.fullmatch(raw.strip()):  # not str.isdigit(): int() refuses some of its digits
         raise S3Error("InvalidArgument", f"{name} must be a non-negative integer.")
-    return int(raw)
+    return int(raw.strip())
 
 
 async def receive_body(

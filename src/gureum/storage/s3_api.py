@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -59,6 +60,7 @@ from gureum.storage.s3_xml import (
     has_body,
     malformed,
     parse,
+    presigned,
     raw_path,
     text,
     xml_response,
@@ -66,6 +68,44 @@ from gureum.storage.s3_xml import (
 from gureum.storage.sweeper import Sweeper
 
 MAX_DELETE_KEYS = 1000
+_DIGITS = re.compile("[0-9]+")
+# S3's subresources (query parameters that name another operation on the same path) that
+# are not served here: a request naming one is refused, never served as the plain operation
+# (a PutObjectTagging would otherwise overwrite the object with its XML, and a
+# DeleteBucketEncryption delete the bucket)
+UNSUPPORTED_SUBRESOURCES = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "attributes",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "legal-hold",
+        "lifecycle",
+        "logging",
+        "metadataTable",
+        "metrics",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "renameObject",
+        "replication",
+        "requestPayment",
+        "restore",
+        "retention",
+        "select",
+        "session",
+        "tagging",
+        "torrent",
+        "versions",
+        "website",
+    }
+)
 Operation = Callable[[S3Request, ObjectStore], Awaitable[Response]]
 
 
@@ -133,7 +173,7 @@ class S3API:
                 exc,
                 method=scope["method"],
                 resource=raw_path(scope),
-                presigned=b"X-Amz-Signature" in scope.get("query_string", b""),
+                presigned=presigned(scope),
                 request_id=request_id,
             )
             if not finished and has_body(scope):
@@ -159,7 +199,11 @@ class S3API:
             if method == "GET":
                 return self.list_buckets
             raise _not_implemented(method, "the service")
+        unsupported = UNSUPPORTED_SUBRESOURCES & query.keys()
+        if unsupported:
+            raise _not_implemented(method, f"?{sorted(unsupported)[0]}")
         if req.key:
+            _check_version_id(query)
             if method in ("GET", "HEAD"):
                 if "uploadId" in query and method == "GET":
                     return s3_objects.list_parts
@@ -182,9 +226,6 @@ class S3API:
                 if handler is None:
                     raise _not_implemented(method, f"?{subresource}")
                 return handler  # type: ignore[no-any-return]
-        unsupported = {"acl", "policy", "cors", "lifecycle", "tagging", "website", "logging"}
-        if unsupported & query.keys():
-            raise _not_implemented(method, f"?{sorted(unsupported & query.keys())[0]}")
         routes: dict[str, Operation] = {
             "GET": self.list_objects,
             "HEAD": self.head_bucket,
@@ -300,30 +341,59 @@ class S3API:
                 add(root, "NextContinuationToken", _encode_token(listing.last))
             elif delimiter:
                 add(root, "NextMarker", enc(listing.last))
-        _add_contents(root, listing, enc, owner=None if v2 else req.identity.account_id)
+        # ListObjectsV2 names owners only when asked to (fetch-owner), v1 always
+        with_owner = not v2 or q.get("fetch-owner", "").lower() == "true"
+        _add_contents(root, listing, enc, owner=req.identity.account_id if with_owner else None)
         return xml_response(root, req.request_id)
 
     async def get_uploads(self, req: S3Request, store: ObjectStore) -> Response:
         await store.catalog.get_bucket(req.bucket)
-        encode = req.query.get("encoding-type") == "url"
-        prefix = req.query.get("prefix", "")
-        max_uploads = _max_keys(req.query.get("max-uploads"))
-        uploads = await store.catalog.list_uploads(req.bucket, prefix, max_uploads)
+        q = req.query
+        encode = q.get("encoding-type") == "url"
+        prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+        key_marker, upload_id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+        max_uploads = _max_keys(q.get("max-uploads"), "max-uploads")
+        listing = await store.catalog.list_uploads(
+            req.bucket,
+            prefix=prefix,
+            delimiter=delimiter,
+            key_marker=key_marker,
+            upload_id_marker=upload_id_marker if key_marker else "",
+            max_uploads=max_uploads,
+        )
+
+        def enc(value: str) -> str:
+            return quote(value, safe="/") if encode else value
+
         root = document("ListMultipartUploadsResult")
         add(root, "Bucket", req.bucket)
-        add(root, "KeyMarker", "")
-        add(root, "UploadIdMarker", "")
-        add(root, "Prefix", quote(prefix, safe="/") if encode else prefix)
+        add(root, "KeyMarker", enc(key_marker))
+        add(root, "UploadIdMarker", upload_id_marker)
+        if listing.truncated and listing.last is not None:
+            next_key, next_upload_id = listing.last
+            add(root, "NextKeyMarker", enc(next_key))
+            add(root, "NextUploadIdMarker", next_upload_id or "")
+        add(root, "Prefix", enc(prefix))
+        if delimiter:
+            add(root, "Delimiter", enc(delimiter))
         add(root, "MaxUploads", max_uploads)
         if encode:
             add(root, "EncodingType", "url")
-        add(root, "IsTruncated", False)
-        for upload in uploads:
+        add(root, "IsTruncated", listing.truncated)
+        for upload in listing.uploads:
             node = add(root, "Upload")
-            add(node, "Key", quote(upload.key, safe="/") if encode else upload.key)
+            add(node, "Key", enc(upload.key))
             add(node, "UploadId", upload.upload_id)
+            owner = add(node, "Initiator")
+            add(owner, "ID", req.identity.account_id)
+            add(owner, "DisplayName", req.identity.account_id)
+            owner = add(node, "Owner")
+            add(owner, "ID", req.identity.account_id)
+            add(owner, "DisplayName", req.identity.account_id)
             add(node, "StorageClass", "STANDARD")
             add(node, "Initiated", iso_date(upload.initiated_at))
+        for common in listing.common_prefixes:
+            add(add(root, "CommonPrefixes"), "Prefix", enc(common))
         return xml_response(root, req.request_id)
 
     async def post_delete(self, req: S3Request, store: ObjectStore) -> Response:
@@ -332,13 +402,15 @@ class S3API:
         if root.tag != "Delete":
             raise malformed()
         quiet = (text(root, "Quiet") or "").strip().lower() == "true"
-        keys = [text(node, "Key") for node in root.findall("Object")]
-        if not keys or len(keys) > MAX_DELETE_KEYS or any(k is None for k in keys):
+        objects = [(text(node, "Key"), text(node, "VersionId")) for node in root.findall("Object")]
+        if not objects or len(objects) > MAX_DELETE_KEYS or any(k is None for k, _ in objects):
             raise malformed()
         result = document("DeleteResult")
-        for key in keys:
+        for key, version in objects:
             assert key is not None
             try:
+                if version is not None:
+                    _check_version_id({"versionId": version})
                 await store.delete(req.bucket, key, req.context)
             except S3Error as exc:
                 error = add(result, "Error")
@@ -506,6 +578,19 @@ async def _head_object(req: S3Request, store: ObjectStore) -> Response:
     return await s3_objects.get_object(req, store, head=True)
 
 
+def _check_version_id(query: dict[str, str]) -> None:
+    """Buckets are unversioned: an object's only version is `null`, as on S3 (a DeleteObject
+    of any other version must not delete the object)."""
+    version = query.get("versionId")
+    if version is not None and version != "null":
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            ArgumentName="versionId",
+            ArgumentValue=version[:1024],
+        )
+
+
 def _not_implemented(method: str, what: str) -> S3Error:
     return S3Error(
         "NotImplemented",
@@ -514,14 +599,14 @@ def _not_implemented(method: str, what: str) -> S3Error:
     )
 
 
-def _max_keys(raw: str | None) -> int:
+def _max_keys(raw: str | None, name: str = "max-keys") -> int:
     if raw is None or raw == "":
         return 1000
-    if not raw.isdigit():
+    if not _DIGITS.fullmatch(raw):  # not str.isdigit(): int() refuses some of its digits
         raise S3Error(
             "InvalidArgument",
-            "Provided max-keys not an integer or within integer range",
-            ArgumentName="max-keys",
+            f"Provided {name} not an integer or within integer range",
+            ArgumentName=name,
             ArgumentValue=raw[:64],
         )
     return min(int(raw), 1000)
@@ -533,7 +618,11 @@ def _encode_token(last: str) -> str:
 
 def _decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+        # validate: a token with other characters is not one of ours, not an empty one
+        last = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        if not last:
+            raise ValueError("an empty token")
+        return last.decode("utf-8")
     except (binascii.Error, ValueError, UnicodeError):
         raise S3Error(
             "InvalidArgument",

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobWriter
-from gureum.storage.catalog import ObjectMeta
+from gureum.storage.catalog import Expect, ObjectMeta
 from gureum.storage.objects import MAX_PARTS, ObjectStore
 from gureum.storage.payload import Verify
 from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http_date
 from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
 
 MAX_OBJECT_SIZE = 5 * 1024**3  # single PUT, as S3
-_COPY_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+_COPY_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]+)")
+_DIGITS = re.compile("[0-9]+")  # not str.isdigit(): int() refuses some of its digits
 _RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -42,13 +43,20 @@ def _filler(req: S3Request, max_size: int = MAX_OBJECT_SIZE):  # type: ignore[no
 # -- conditions and ranges ---------------------------------------------------------------------
 
 
-def _etag_matches(header: str, etag: str) -> bool:
+def _etag_matches(header: str, etag: str, *, weak: bool = False) -> bool:
+    """Whether an If-Match (strong comparison) or, with `weak`, an If-None-Match (weak
+    comparison: W/"x" matches "x") list names `etag`; quotes are optional."""
     wanted = [t.strip() for t in header.split(",")]
-    return "*" in wanted or etag in wanted or etag.strip('"') in [t.strip('"') for t in wanted]
+    if weak:
+        wanted = [t.removeprefix("W/") for t in wanted]
+    return "*" in wanted or etag.strip('"') in [t.strip('"') for t in wanted]
 
 
-def check_conditions(headers: dict[str, str], meta: ObjectMeta, prefix: str = "") -> int | None:
-    """304 or 412 when a conditional header says so, else None (RFC 7232 as S3 applies it)."""
+def check_conditions(
+    headers: dict[str, str], meta: ObjectMeta, prefix: str = ""
+) -> tuple[int, str] | None:
+    """(304 or 412, the header that said so) when a conditional header says so, else None
+    (RFC 7232 as S3 applies it)."""
     modified = int(meta.last_modified)
     if_match = headers.get(f"{prefix}if-match")
     if_unmodified = headers.get(f"{prefix}if-unmodified-since")
@@ -56,18 +64,18 @@ def check_conditions(headers: dict[str, str], meta: ObjectMeta, prefix: str = ""
     if_modified = headers.get(f"{prefix}if-modified-since")
     if if_match is not None:
         if not _etag_matches(if_match, meta.etag):
-            return 412
+            return 412, "If-Match"
     elif if_unmodified is not None:
         since = parse_http_date(if_unmodified)
         if since is not None and modified > since:
-            return 412
+            return 412, "If-Unmodified-Since"
     if if_none_match is not None:
-        if _etag_matches(if_none_match, meta.etag):
-            return 304
+        if _etag_matches(if_none_match, meta.etag, weak=True):
+            return 304, "If-None-Match"
     elif if_modified is not None:
         since = parse_http_date(if_modified)
         if since is not None and modified <= since:
-            return 304
+            return 304, "If-Modified-Since"
     return None
 
 
@@ -76,22 +84,30 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, sep, last = header[6:].strip().partition("-")
-    if not sep or not (first.isdigit() or last.isdigit()):
+    if not sep or not (first or last) or not all(_DIGITS.fullmatch(p) for p in (first, last) if p):
         return None
     if not first:
         suffix = int(last)
-        if suffix == 0:
+        if suffix == 0 or size == 0:  # no byte of an empty object can be named
             raise _invalid_range(size)
         start = max(0, size - suffix)
         return start, size - start
     start = int(first)
-    end = int(last) if last.isdigit() else size - 1
-    if end < start:
-        return None
+    if last and int(last) < start:
+        return None  # not a valid range: ignored (RFC 9110)
     if start >= size:
         raise _invalid_range(size)
-    end = min(end, size - 1)
+    end = min(int(last), size - 1) if last else size - 1
     return start, end - start + 1
+
+
+def _precondition_failed(condition: str) -> S3Error:
+    return S3Error(
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold",
+        412,
+        Condition=condition,
+    )
 
 
 def _invalid_range(size: int) -> S3Error:
@@ -129,7 +145,7 @@ async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> 
     if "partNumber" in req.query:
         raise S3Error("NotImplemented", "GetObject by partNumber is not implemented", 501)
     span: tuple[int, int] | None = None
-    status: int | None = None
+    status: tuple[int, str] | None = None
 
     def choose(meta: ObjectMeta) -> tuple[int, int]:
         nonlocal span, status
@@ -150,13 +166,9 @@ async def get_object(req: S3Request, store: ObjectStore, head: bool = False) -> 
     if status is not None:
         if reader is not None:
             await reader.close()
-        if status == 412:
-            raise S3Error(
-                "PreconditionFailed",
-                "At least one of the pre-conditions you specified did not hold",
-                412,
-                Condition="If-Match",
-            )
+        code, condition = status
+        if code == 412:
+            raise _precondition_failed(condition)
         return Response(
             b"", 304, headers={k: v for k, v in headers.items() if k not in ("content-type",)}
         )
@@ -205,17 +217,60 @@ class BlobResponse(Response):
             await self.reader.close()
 
 
+def write_condition(req: S3Request) -> Expect | None:
+    """The check of a conditional write (If-None-Match: * or If-Match: <etag>) on the object
+    it would replace, as S3 makes it (None: the write is unconditional)."""
+    if_none_match = req.headers.get("if-none-match")
+    if_match = req.headers.get("if-match")
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error(
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented: "
+            "If-None-Match accepts only '*' on writes",
+            501,
+            Header="If-None-Match",
+        )
+    if if_none_match is None and if_match is None:
+        return None
+    key = req.key
+
+    def expect(etag: str | None) -> None:
+        if etag is None:
+            if if_match is not None:
+                raise S3Error("NoSuchKey", "The specified key does not exist.", 404, Key=key)
+            return
+        if if_none_match is not None:
+            raise _precondition_failed("If-None-Match")
+        if if_match is not None and not _etag_matches(if_match, etag):
+            raise _precondition_failed("If-Match")
+
+    return expect
+
+
 async def put_object(req: S3Request, store: ObjectStore) -> Response:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(req, store)
-    meta = await store.put(req.bucket, req.key, req.stored_headers(), _filler(req), req.context)
+    expect = write_condition(req)
+    meta = await store.put(
+        req.bucket, req.key, req.stored_headers(), _filler(req), req.context, expect
+    )
     headers = {**_base_headers(req), "etag": meta.etag}
     headers.update({n: v for n, v in meta.headers if n.startswith("x-amz-checksum-")})
     return Response(b"", 200, headers=headers)
 
 
 def _copy_source(req: S3Request) -> tuple[str, str]:
-    source = unquote(req.headers["x-amz-copy-source"].split("?", 1)[0]).removeprefix("/")
+    raw, _, query = req.headers["x-amz-copy-source"].partition("?")
+    version = dict(parse_qsl(query, keep_blank_values=True)).get("versionId")
+    if version is not None and version != "null":
+        # buckets are unversioned: copying another version must not copy the current one
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            ArgumentName="x-amz-copy-source",
+            ArgumentValue=version[:1024],
+        )
+    source = unquote(raw).removeprefix("/")
     src_bucket, sep, src_key = source.partition("/")
     if not sep or not src_key:
         raise S3Error(
@@ -365,10 +420,13 @@ async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
     wanted: list[tuple[int, str]] = []
     for part in root.findall("Part"):
         number, etag = text(part, "PartNumber"), text(part, "ETag")
-        if number is None or etag is None or not number.strip().isdigit():
+        if number is None or etag is None or not _DIGITS.fullmatch(number.strip()):
             raise malformed()
         wanted.append((int(number), etag))
-    meta = await store.complete(req.bucket, req.key, req.query["uploadId"], wanted, req.context)
+    expect = write_condition(req)
+    meta = await store.complete(
+        req.bucket, req.key, req.query["uploadId"], wanted, req.context, expect
+    )
     result = document("CompleteMultipartUploadResult")
     add(result, "Location", f"/{req.bucket}/{req.key}")
     add(result, "Bucket", req.bucket)
@@ -384,7 +442,8 @@ async def list_parts(req: S3Request, store: ObjectStore) -> Response:
     max_parts = _int_param(req, "max-parts", 1000, 0, 2**31 - 1)
     marker = _int_param(req, "part-number-marker", 0, 0, MAX_PARTS)
     parts = await store.catalog.list_parts(upload_id, marker, min(max_parts, 1000) + 1)
-    truncated = len(parts) > min(max_parts, 1000)
+    # max-parts=0 asks for no page to continue from, as with max-keys
+    truncated = max_parts > 0 and len(parts) > min(max_parts, 1000)
     parts = parts[: min(max_parts, 1000)]
     root = document("ListPartsResult")
     add(root, "Bucket", req.bucket)

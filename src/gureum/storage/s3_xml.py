@@ -175,13 +175,20 @@ def error_app(exc: BaseException) -> Callable[[Scope, Receive, Send], Awaitable[
             exc,
             method=scope["method"],
             resource=raw_path(scope),
-            presigned=b"X-Amz-Signature" in scope.get("query_string", b""),
+            presigned=presigned(scope),
         )
         if has_body(scope):
             close_connection(response)
         await response(scope, receive, send)
 
     return app
+
+
+def presigned(scope: Scope) -> bool:
+    """Whether the request means to be authenticated by its query string (a presigned URL),
+    even one that lacks some of the parameters (its error says which)."""
+    query: bytes = scope.get("query_string", b"")
+    return any(name in query for name in (b"X-Amz-Signature", b"X-Amz-Credential"))
 
 
 def has_body(scope: Scope) -> bool:
