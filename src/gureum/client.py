@@ -713,7 +713,7 @@ def error_from_response(response: httpx.Response) -> GureumError:
         return TooManyRequests(
             message,
             reason=str(document.get("Reason") or ""),
-            retry_after_s=int(retry_after) if retry_after.isdigit() else 1,
+            retry_after_s=int(retry_after) if retry_after.isdecimal() else 1,
         )
     known = _ERROR_CLASSES.get(code)
     if known is not None:

@@ -381,3 +381,20 @@ def test_list_functions_version_filter_must_be_all(raw_lam: Any, deploy: Deploy)
     with pytest.raises(ClientError) as excinfo:
         raw_lam.list_functions(FunctionVersion="SOME")
     assert error_of(excinfo) == ("InvalidParameterValueException", 400)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/2015-03-31/functions?MaxItems=%C2%B2",  # '²': str.isdigit() says yes, int() says no
+        "/2015-03-31/functions/victim?Qualifier=%C2%B2",
+        "/2015-03-31/functions/victim/versions?MaxItems=%C2%B2",
+    ],
+    ids=["max-items", "qualifier", "versions-max-items"],
+)
+def test_digits_int_cannot_read_are_a_client_error(
+    lam: Any, signed: SignedCall, deploy: Deploy, path: str
+) -> None:
+    deploy("victim")
+    response = signed("GET", path)
+    assert 400 <= response.status_code < 500, response.text

@@ -52,6 +52,35 @@ def test_presigned_get_and_put(server: RunningServer, bucket: str) -> None:
     assert error_code(unsigned) == "AuthorizationQueryParametersError"
 
 
+def test_sigv2_requests_get_an_s3_error(server: RunningServer, s3: Any, bucket: str) -> None:
+    """boto3's default presigning for a custom endpoint (SigV2), and a SigV2 header: refused
+    with S3's XML error and request id, not the user routes' JSON 404."""
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+    root = server.platform.root
+    v2 = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name=server.settings.region,
+        aws_access_key_id=root.access_key_id,
+        aws_secret_access_key=root.secret_access_key,
+        config=Config(signature_version="s3"),
+    )
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"})
+    assert "AWSAccessKeyId=" in url and "Signature=" in url
+    for response in (
+        httpx.get(url),
+        httpx.get(
+            f"{server.endpoint}/{bucket}/k",
+            headers={"Authorization": f"AWS {root.access_key_id}:c2lnbmF0dXJl"},
+        ),
+    ):
+        assert 400 <= response.status_code < 500
+        assert response.headers["content-type"].startswith("application/xml")
+        assert error_code(response)
+        assert response.headers["x-amz-request-id"]
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
 def test_expired_presigned_url(server: RunningServer, s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"v")
     url = presigner(server).generate_presigned_url(

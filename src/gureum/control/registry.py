@@ -161,7 +161,7 @@ class Registry:
         """The configuration for `qualifier` ($LATEST, a version, or an alias's main version)."""
         if qualifier is None or qualifier == LATEST:
             return await self.get_latest(account, name)
-        if qualifier.isdigit():
+        if qualifier.isdecimal():
             return await self.get_version(account, name, qualifier)
         alias = await self.get_alias(account, name, qualifier)
         return await self.get_version(account, name, alias.function_version)
@@ -170,7 +170,7 @@ class Registry:
         self, account: str, name: str, qualifier: str | None
     ) -> tuple[FunctionConfig, str]:
         """Pick the version an invocation runs (alias weights applied) → (config, qualifier)."""
-        if qualifier is None or qualifier == LATEST or qualifier.isdigit():
+        if qualifier is None or qualifier == LATEST or qualifier.isdecimal():
             return await self.get_function(account, name, qualifier), qualifier or LATEST
         alias = await self.get_alias(account, name, qualifier)
         chosen = alias.function_version
@@ -316,7 +316,7 @@ class Registry:
             self._changed(account, name)
 
     async def _delete_version(self, account: str, name: str, version: str) -> None:
-        if not version.isdigit():
+        if not version.isdecimal():
             raise InvalidParameterValue("Deletion of aliases is not supported by DeleteFunction")
         await self.get_version(account, name, version)
         for alias in await self.list_aliases(account, name):
@@ -429,7 +429,7 @@ class Registry:
         self, account: str, name: str, version: str, routing: dict[str, float]
     ) -> None:
         if version != LATEST:
-            if not version.isdigit():
+            if not version.isdecimal():
                 raise InvalidParameterValue(f"Invalid function version: {version}")
             await self.get_version(account, name, version)
         if len(routing) > 1:
@@ -439,7 +439,7 @@ class Registry:
                 raise InvalidParameterValue("Alias routing weight must be a number")
             if not 0.0 <= weight <= 1.0:
                 raise InvalidParameterValue("Alias routing weight must be between 0.0 and 1.0")
-            if not extra.isdigit():
+            if not extra.isdecimal():
                 raise InvalidParameterValue(
                     "Alias routing can only point to published versions, not $LATEST"
                 )

@@ -151,7 +151,7 @@ def validate_attributes(name: str, given: dict[str, Any], *, creating: bool) -> 
         text = str(value)
         if key in _NUMERIC:
             _, low, high = _NUMERIC[key]
-            if not text.lstrip("-").isdigit() or not low <= int(text) <= high:
+            if not text.lstrip("-").isdecimal() or not low <= int(text) <= high:
                 raise SQSError(
                     "InvalidAttributeValue",
                     f"Invalid value for the parameter {key}. Reason: must be an integer "

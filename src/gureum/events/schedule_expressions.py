@@ -212,7 +212,7 @@ class _Field:
         upper = token.upper()
         if upper in self.names:
             return self.names[upper]
-        if not token.isdigit():
+        if not token.isdecimal():
             raise self.error(whole, f"{token!r} is not a number")
         value = int(token)
         if not self.low <= value <= self.high:
@@ -231,7 +231,7 @@ class _Field:
         base, slash, step_text = token.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not step_text.isdecimal() or int(step_text) < 1:
                 raise self.error(token, f"step {step_text!r} must be a positive integer")
             step = int(step_text)
         if base == "*":
@@ -352,7 +352,7 @@ def _day_of_week(field: _Field, spec: str, to_weekday: dict[int, int]) -> DayTes
         if "#" in token:
             day_text, _, nth_text = token.partition("#")
             weekday = to_weekday[field.number(day_text, token)]
-            if not nth_text.isdigit() or not 1 <= int(nth_text) <= 5:
+            if not nth_text.isdecimal() or not 1 <= int(nth_text) <= 5:
                 raise field.error(token, "the week after '#' must be 1-5")
             nth = int(nth_text)
             tests.append(_nth_weekday(weekday, nth))

@@ -67,7 +67,7 @@ def _malformed(key: str) -> SQSError:
 
 def _numbered(node: Any, name: str) -> list[Any]:
     """The members `1`, `2`, … of a flattened list, in order."""
-    if not isinstance(node, dict) or not all(k.isdigit() for k in node):
+    if not isinstance(node, dict) or not all(k.isdecimal() for k in node):
         raise _malformed(name)
     return [node[k] for k in sorted(node, key=int)]
 
@@ -87,7 +87,7 @@ def _members(node: dict[str, Any]) -> dict[str, Any]:
             out[_LISTS[key]] = [_members(i) if isinstance(i, dict) else i for i in items]
         elif isinstance(value, dict):
             out[key] = _members(value)
-        elif key in _INTEGERS and value.lstrip("-").isdigit():
+        elif key in _INTEGERS and value.lstrip("-").isdecimal():
             out[key] = int(value)
         else:
             out[key] = value

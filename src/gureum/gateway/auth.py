@@ -33,17 +33,25 @@ _QUERY_SCOPE = re.compile(
 
 
 def claimed_service(scope: Scope) -> str | None:
-    """The service named in the request's SigV4 credential scope (not yet verified)."""
+    """The service named in the request's SigV4 credential scope (not yet verified). A
+    request signed with S3's old SigV2 (`Authorization: AWS …`, or a presigned URL with
+    `AWSAccessKeyId` and `Signature`: what older clients and `aws s3 presign` make) is S3's,
+    whose verification then refuses it with an S3 error, not the user routes' 404."""
     for name, value in scope["headers"]:
         if name.lower() == b"authorization":
-            match = _SCOPE.search(value.decode("latin-1"))
-            return match.group(1) if match else None
+            text = value.decode("latin-1")
+            match = _SCOPE.search(text)
+            if match:
+                return match.group(1)
+            return "s3" if text.startswith("AWS ") else None
     raw_query: bytes = scope.get("query_string", b"")
     if not raw_query:  # most requests: nothing to parse
         return None
     query = parse_qs(raw_query.decode("latin-1"))
     parts = query.get("X-Amz-Credential", [""])[0].split("/")
-    return parts[3] if len(parts) == 5 else None
+    if len(parts) == 5:
+        return parts[3]
+    return "s3" if "AWSAccessKeyId" in query and "Signature" in query else None
 
 
 def authenticate(

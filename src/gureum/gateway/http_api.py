@@ -304,7 +304,7 @@ def _message(status: int, message: str, headers: dict[str, str] | None = None) -
 
 async def _read_body(receive: Receive, headers: dict[str, str]) -> bytes:
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_REQUEST_BODY:
+    if declared.isdecimal() and int(declared) > MAX_REQUEST_BODY:
         raise HttpApiError(413, "Request Entity Too Large")
     chunks: list[bytes] = []
     size = 0

@@ -226,7 +226,7 @@ def map_response(payload: bytes) -> HttpResponse:
     if not isinstance(result, dict) or "statusCode" not in result:
         return HttpResponse(200, [("content-type", "application/json")], payload)
     status = result["statusCode"]
-    if isinstance(status, str) and status.isdigit():
+    if isinstance(status, str) and status.isdecimal():
         status = int(status)
     # 1xx are interim responses: never the final answer to a request
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:

@@ -62,7 +62,7 @@ class LambdaEventRoutes:
                 raise InvalidParameterValue(f"Invalid Marker: {marker}")
             found = found[ids.index(marker) + 1 :]
         raw_max = request.query_params.get("MaxItems", "100")
-        if not raw_max.isdigit() or not 1 <= int(raw_max) <= 10000:
+        if not raw_max.isdecimal() or not 1 <= int(raw_max) <= 10000:
             raise InvalidParameterValue("MaxItems must be between 1 and 10000")
         page = found[: int(raw_max)]
         body: dict[str, object] = {"EventSourceMappings": [m.to_aws(self.region) for m in page]}

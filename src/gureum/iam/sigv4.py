@@ -388,7 +388,7 @@ def _parse_query_claim(pairs: Sequence[tuple[str, str]]) -> _Claim:
     if params["X-Amz-Algorithm"] != ALGORITHM:
         raise _incomplete(f"X-Amz-Algorithm only supports '{ALGORITHM}'")
     raw_expires = params["X-Amz-Expires"]
-    if not raw_expires.isdigit() or not 1 <= int(raw_expires) <= MAX_PRESIGN_EXPIRES_S:
+    if not raw_expires.isdecimal() or not 1 <= int(raw_expires) <= MAX_PRESIGN_EXPIRES_S:
         raise _incomplete(
             f"X-Amz-Expires must be a whole number of seconds between 1 and "
             f"{MAX_PRESIGN_EXPIRES_S}, got '{raw_expires}'"

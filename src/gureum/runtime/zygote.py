@@ -486,7 +486,7 @@ def _fork_sandbox(plan: dict[str, Any], keep: list[int], body: Any) -> int:
         os.close(report_read)
         os.waitpid(a_pid, 0)
     text = reply.decode(errors="replace")
-    if not text.isdigit():
+    if not text.isdecimal():
         raise OSError(text.removeprefix("error:") or "instance set-up failed")
     return int(text)
 
