@@ -3,8 +3,9 @@
     python3 bench/servers.py gureum --port P --data-dir DIR [--cprofile OUT.prof]
     python3 bench/servers.py baseline --port P
 
-Both run under the same uvicorn settings (`uvicorn_config`): one worker, uvloop when it is
-importable, httptools, log level warning, no access log. `gureum` serves `GatewayApp` with
+Both run uvicorn with one worker, uvloop when it is importable, httptools, log level warning,
+no access log: `baseline` as plain uvicorn (`uvicorn_config`), `gureum` as `gureum up` runs it
+(`gureum_config`: uvicorn with Gureum's HttpProtocol). `gureum` serves `GatewayApp` with
 settings built here (root credentials from GUREUM_ROOT_ACCESS_KEY_ID / _SECRET_ACCESS_KEY, as
 the CLI would take them); `baseline` is a bare ASGI app that json-decodes the body, calls
 `trivial_handler.handler` in-process and returns its JSON — the floor Gureum is measured against.
