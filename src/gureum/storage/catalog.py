@@ -633,30 +633,10 @@ class ObjectCatalog:
             )
 
     async def get_upload(self, bucket: str, key: str, upload_id: str) -> Upload:
-        raw = check_key(key)
-        async with self.db.engine.connect() as conn:
-            row = (
-                (
-                    await conn.execute(
-                        sa.select(s3_uploads).where(
-                            s3_uploads.c.upload_id == upload_id,
-                            s3_uploads.c.bucket == bucket,
-                            s3_uploads.c.key == raw,
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
-        if row is None:
+        upload = await self._upload_row(bucket, check_key(key), upload_id)
+        if upload is None:
             raise no_such_upload(upload_id)
-        return Upload(
-            row["upload_id"],
-            row["bucket"],
-            bytes(row["key"]).decode(),
-            [(k, v) for k, v in json.loads(row["headers"])],
-            row["initiated_at"],
-        )
+        return upload
 
     async def list_uploads(
         self,

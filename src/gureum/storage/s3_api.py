@@ -203,7 +203,7 @@ class S3API:
         if unsupported:
             raise _not_implemented(method, f"?{sorted(unsupported)[0]}")
         if req.key:
-            _check_version_id(query)
+            s3_objects.check_version_id(query)
             if method in ("GET", "HEAD"):
                 if "uploadId" in query and method == "GET":
                     return s3_objects.list_parts
@@ -410,7 +410,7 @@ class S3API:
             assert key is not None
             try:
                 if version is not None:
-                    _check_version_id({"versionId": version})
+                    s3_objects.check_version_id({"versionId": version})
                 await store.delete(req.bucket, key, req.context)
             except S3Error as exc:
                 error = add(result, "Error")
@@ -576,19 +576,6 @@ def _check_owner(req: S3Request, owner: str, bucket: str) -> None:
 
 async def _head_object(req: S3Request, store: ObjectStore) -> Response:
     return await s3_objects.get_object(req, store, head=True)
-
-
-def _check_version_id(query: dict[str, str]) -> None:
-    """Buckets are unversioned: an object's only version is `null`, as on S3 (a DeleteObject
-    of any other version must not delete the object)."""
-    version = query.get("versionId")
-    if version is not None and version != "null":
-        raise S3Error(
-            "InvalidArgument",
-            "Invalid version id specified",
-            ArgumentName="versionId",
-            ArgumentValue=version[:1024],
-        )
 
 
 def _not_implemented(method: str, what: str) -> S3Error:

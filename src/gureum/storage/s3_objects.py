@@ -259,17 +259,23 @@ async def put_object(req: S3Request, store: ObjectStore) -> Response:
     return Response(b"", 200, headers=headers)
 
 
-def _copy_source(req: S3Request) -> tuple[str, str]:
-    raw, _, query = req.headers["x-amz-copy-source"].partition("?")
-    version = dict(parse_qsl(query, keep_blank_values=True)).get("versionId")
+def check_version_id(query: dict[str, str], argument: str = "versionId") -> None:
+    """Buckets are unversioned: an object's only version is `null`, as on S3 (a request for
+    any other version must not act on the object, e.g. delete or copy it)."""
+    version = query.get("versionId")
     if version is not None and version != "null":
-        # buckets are unversioned: copying another version must not copy the current one
         raise S3Error(
             "InvalidArgument",
             "Invalid version id specified",
-            ArgumentName="x-amz-copy-source",
+            ArgumentName=argument,
             ArgumentValue=version[:1024],
         )
+
+
+def _copy_source(req: S3Request) -> tuple[str, str]:
+    raw, _, query = req.headers["x-amz-copy-source"].partition("?")
+    # copying another version must not copy the current one
+    check_version_id(dict(parse_qsl(query, keep_blank_values=True)), "x-amz-copy-source")
     source = unquote(raw).removeprefix("/")
     src_bucket, sep, src_key = source.partition("/")
     if not sep or not src_key:
