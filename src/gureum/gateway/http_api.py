@@ -245,10 +245,11 @@ class HttpApiGateway:
         request_headers: dict[str, str],
     ) -> int:
         headers = response.headers
-        if cors is not None and "origin" in request_headers:
-            # the API's CORS configuration wins over what the function says
+        if cors is not None:
+            # AWS: with CORS configured, the function's own CORS headers are ignored
             headers = [(k, v) for k, v in headers if k not in _CORS_RESPONSE_HEADERS]
-            headers += _cors_headers(cors, request_headers["origin"])
+            if "origin" in request_headers:
+                headers += _cors_headers(cors, request_headers["origin"])
         raw = [
             (k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
             for k, v in headers

@@ -113,6 +113,8 @@ def test_cors_preflight_and_response_headers(
     assert response.headers["access-control-expose-headers"] == "x-request-id"
     response = http.get("/web/own", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in response.headers
+    # ... and are never sent while the API has CORS, Origin or not (as on AWS)
+    assert "access-control-allow-origin" not in http.get("/web/own").headers
 
     admin.update_api("web", cors=None)
     plain = http.options(
