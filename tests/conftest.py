@@ -19,6 +19,7 @@ import boto3
 import pytest
 import uvicorn
 from botocore.config import Config
+from hypothesis import settings as hypothesis_settings
 
 from gureum.client import Client
 from gureum.gateway.app import GatewayApp
@@ -26,6 +27,11 @@ from gureum.gateway.server import uvicorn_config
 from gureum.settings import Settings
 
 T = TypeVar("T")
+
+# Property tests check what a function returns, never how fast: hypothesis's per-example
+# deadline (200 ms) failed them on a loaded machine.
+hypothesis_settings.register_profile("gureum", deadline=None)
+hypothesis_settings.load_profile("gureum")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0) -> T:
