@@ -103,6 +103,36 @@ def test_configuration_round_trip_and_validation(lam: Any, s3: Any, bucket: str)
     assert refused({"LambdaFunctionConfigurations": [bad_event]}) == "InvalidArgument"
     queue = {"QueueArn": "arn:aws:sqs:us-east-1:123456789012:q", "Events": ["s3:ObjectCreated:*"]}
     assert refused({"QueueConfigurations": [queue]}) == "InvalidArgument"
+
+    def rule(events: list[str], prefix: str = "", suffix: str = "") -> dict[str, Any]:
+        rules = [{"Name": "prefix", "Value": prefix}, {"Name": "suffix", "Value": suffix}]
+        return {
+            "LambdaFunctionArn": arn,
+            "Events": events,
+            "Filter": {"Key": {"FilterRules": rules}},
+        }
+
+    # two rules that could take one event are ambiguous, as on S3: a common event type (a
+    # wildcard covers its kind), prefixes one of which starts the other, suffixes likewise
+    for first, second in (
+        (rule(["s3:ObjectCreated:*"]), rule(["s3:ObjectCreated:Put"], "in/", ".jpg")),
+        (rule(["s3:ObjectCreated:Put"], "in/"), rule(["s3:ObjectCreated:Put"], "in/raw/")),
+        (rule(["s3:ObjectCreated:*"], suffix=".jpg"), rule(["s3:ObjectCreated:Copy"], "a/")),
+    ):
+        assert refused({"LambdaFunctionConfigurations": [first, second]}) == "InvalidArgument"
+    # ... while rules that part by event type, prefix or suffix are fine together
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "LambdaFunctionConfigurations": [
+                rule(["s3:ObjectCreated:*"], "in/", ".jpg"),
+                rule(["s3:ObjectRemoved:*"], "in/", ".jpg"),
+                rule(["s3:ObjectCreated:*"], "out/"),
+                rule(["s3:ObjectCreated:Put"], "in/", ".png"),
+            ]
+        },
+    )
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
     # the accepted configuration is untouched by the refused ones
     got = s3.get_bucket_notification_configuration(Bucket=bucket)
     assert got["LambdaFunctionConfigurations"][0]["Id"] == "images"
@@ -309,8 +339,13 @@ def test_events_reach_the_queue_with_aws_record_shape(
                     },
                 }
             ],
+            # not the queue's .csv files: two rules that could take one event are ambiguous
             "LambdaFunctionConfigurations": [
-                {"LambdaFunctionArn": function_arn, "Events": ["s3:ObjectCreated:*"]}
+                {
+                    "LambdaFunctionArn": function_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".txt"}]}},
+                }
             ],
         },
     )
@@ -356,8 +391,8 @@ def test_events_reach_the_queue_with_aws_record_shape(
     assert removed["eventName"] == "ObjectRemoved:Delete"
     assert removed["s3"]["object"]["key"] == "in/a+report.csv"
     assert "size" not in removed["s3"]["object"]
-    # the function destination next to it still gets every creation
-    assert wait_for(lambda: len(keys(s3, "seen")) == 3), keys(s3, "seen")
+    # the function destination next to it gets the creations of its own filter
+    assert wait_for(lambda: keys(s3, "seen") == ["ObjectCreated:Put/in/c.txt"]), keys(s3, "seen")
 
 
 def test_a_deleted_queue_is_skipped(server: RunningServer, s3: Any, bucket: str) -> None:

@@ -179,6 +179,33 @@ def validate_target(target: Target) -> None:
             )
 
 
+def check_unambiguous(targets: list[Target]) -> None:
+    """Refuse two configurations that could both take one event, as S3 does: an event type in
+    common (`s3:ObjectCreated:*` covers `s3:ObjectCreated:Put`), prefixes of which one starts
+    the other, and suffixes of which one ends the other (an empty filter overlaps any)."""
+    for index, first in enumerate(targets):
+        for second in targets[index + 1 :]:
+            if (
+                _events_overlap(first.events, second.events)
+                and (
+                    first.prefix.startswith(second.prefix) or second.prefix.startswith(first.prefix)
+                )
+                and (first.suffix.endswith(second.suffix) or second.suffix.endswith(first.suffix))
+            ):
+                raise S3Error(
+                    "InvalidArgument",
+                    "Configuration is ambiguously defined. Cannot have overlapping suffixes in "
+                    "two rules if the prefixes are overlapping for the same event type.",
+                )
+
+
+def _events_overlap(first: list[str], second: list[str]) -> bool:
+    def covers(pattern: str, event: str) -> bool:
+        return pattern == event or (pattern.endswith(":*") and event.startswith(pattern[:-1]))
+
+    return any(covers(a, b) or covers(b, a) for a in first for b in second)
+
+
 def dump_targets(targets: list[Target]) -> str:
     return json.dumps([asdict(t) for t in targets]) if targets else ""
 

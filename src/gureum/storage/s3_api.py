@@ -36,6 +36,7 @@ from gureum.storage.notifications import (
     Notifier,
     QueueTarget,
     Target,
+    check_unambiguous,
     dump_targets,
     load_targets,
     new_target_id,
@@ -478,6 +479,7 @@ class S3API:
         ids = [t.id for t in targets]
         if len(set(ids)) != len(ids):
             raise S3Error("InvalidArgument", "Configuration IDs must be unique.")
+        check_unambiguous(targets)
         await store.catalog.set_notification(req.bucket, dump_targets(targets))
         await store.notifier.test_event(
             targets, req.bucket, req.request_id, req.identity.account_id
