@@ -132,7 +132,13 @@ def test_notify_add_keeps_the_queue_configurations(
         Handler="app.handler",
         Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
     )
-    run(server, "notify", "add", bucket, "on-upload")
+    shown = run(server, "notify", "add", bucket, "on-upload")
+    assert [(r["kind"], r["id"]) for r in shown][1:] == [("queue", "to-queue")]
+    assert shown[1]["queue"] == queue["QueueArn"] and shown[1]["events"] == queue["Events"]
+    assert shown[0]["kind"] == "function" and shown[0]["function"].endswith(":on-upload")
+    assert run(server, "notify", "ls", bucket) == shown
+    listed = CliRunner().invoke(app, ["notify", "ls", bucket], env=cli_env(server))
+    assert listed.exit_code == 0 and "to-queue" in listed.stdout and "queue" in listed.stdout
     got = s3.get_bucket_notification_configuration(Bucket=bucket)
     assert got["QueueConfigurations"] == [queue]
     assert [c["Events"] for c in got["LambdaFunctionConfigurations"]] == [["s3:ObjectCreated:*"]]

@@ -285,30 +285,33 @@ def notify_clear(bucket: BucketName, json_output: JsonOutput = False) -> None:
 
 
 def _show(s3: Any, bucket: str, json_output: bool) -> None:
-    configs = s3.get_bucket_notification_configuration(Bucket=bucket).get(
-        "LambdaFunctionConfigurations", []
-    )
+    current = s3.get_bucket_notification_configuration(Bucket=bucket)
     rows = [
         {
             "id": c["Id"],
-            "function": c["LambdaFunctionArn"],
+            "kind": kind,
+            kind: c[arn_field],
             "events": c["Events"],
             "filters": {
                 r["Name"]: r["Value"]
                 for r in c.get("Filter", {}).get("Key", {}).get("FilterRules", [])
             },
         }
-        for c in configs
+        for field, kind, arn_field in (
+            ("LambdaFunctionConfigurations", "function", "LambdaFunctionArn"),
+            ("QueueConfigurations", "queue", "QueueArn"),
+        )
+        for c in current.get(field, [])
     ]
     if json_output:
         print_json(rows)
         return
     table(
-        ["id", "function", "events", "filters"],
+        ["id", "destination", "events", "filters"],
         [
             (
                 r["id"],
-                r["function"],
+                f"{r['kind']} {r[r['kind']]}",
                 ",".join(r["events"]),
                 " ".join(f"{k}={v}" for k, v in r["filters"].items()),
             )
