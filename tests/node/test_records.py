@@ -154,7 +154,7 @@ def test_a_large_batch_is_written_whole_on_an_in_memory_database(
 def _large_batch(database_url: str, most: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch is written (on SQLite as multi-row INSERTs of `most` and powers of two; `most` is
     smaller before 3.32): every record lands, in the order added, with its own values."""
-    monkeypatch.setattr(records, "_max_rows", lambda dialect: most)
+    monkeypatch.setattr(records, "_max_rows", lambda: most)
     count = 2 * most + 77
 
     async def scenario() -> None:

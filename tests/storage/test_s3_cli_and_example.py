@@ -39,6 +39,16 @@ def run(server: RunningServer, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
+def _create_on_upload(lam: Any) -> None:
+    lam.create_function(
+        FunctionName="on-upload",
+        Runtime="python3.11",
+        Role="r",
+        Handler="app.handler",
+        Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
+    )
+
+
 def test_bucket_cp_and_notify_commands(server: RunningServer, tmp_path: Path, lam: Any) -> None:
     assert run(server, "bucket", "create", "cli-bucket") == {"bucket": "cli-bucket"}
     assert [b["name"] for b in run(server, "bucket", "ls")] == ["cli-bucket"]
@@ -52,13 +62,7 @@ def test_bucket_cp_and_notify_commands(server: RunningServer, tmp_path: Path, la
     run(server, "cp", "s3://cli-bucket/dir/data.bin", str(back))
     assert back.read_bytes() == source.read_bytes()
 
-    lam.create_function(
-        FunctionName="on-upload",
-        Runtime="python3.11",
-        Role="r",
-        Handler="app.handler",
-        Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
-    )
+    _create_on_upload(lam)
     shown = run(
         server,
         "notify",
@@ -125,13 +129,7 @@ def test_notify_add_keeps_the_queue_configurations(
     s3.put_bucket_notification_configuration(
         Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [queue]}
     )
-    lam.create_function(
-        FunctionName="on-upload",
-        Runtime="python3.11",
-        Role="r",
-        Handler="app.handler",
-        Code={"ZipFile": make_zip({"app.py": "def handler(e, c): return 1"})},
-    )
+    _create_on_upload(lam)
     shown = run(server, "notify", "add", bucket, "on-upload")
     assert [(r["kind"], r["id"]) for r in shown][1:] == [("queue", "to-queue")]
     assert shown[1]["queue"] == queue["QueueArn"] and shown[1]["events"] == queue["Events"]

@@ -46,8 +46,10 @@ def new_request_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-def _max_rows(dialect: sa.Dialect) -> int:
-    if dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 32, 0):
+def _max_rows() -> int:
+    """Records per INSERT on this SQLite (only SQLite's records are written as multi-row
+    INSERTs)."""
+    if sqlite3.sqlite_version_info < (3, 32, 0):
         return MAX_ROWS_PER_INSERT_OLD_SQLITE
     return MAX_ROWS_PER_INSERT
 
@@ -256,7 +258,7 @@ class InvocationRecorder:
             return
         statements = [
             (_sqlite_insert(size), tuple(value for row in rows[at : at + size] for value in row))
-            for at, size in _chunks(len(rows), _max_rows(self.db.engine.dialect))
+            for at, size in _chunks(len(rows), _max_rows())
         ]
 
         async def insert(conn: AsyncConnection) -> None:

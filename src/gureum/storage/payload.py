@@ -34,7 +34,8 @@ STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_LINE = 4096  # a chunk header or trailer line; real ones are < 200 bytes
-_DIGITS = re.compile("[0-9]+")
+# ASCII digits, which int() always reads (str.isdigit() also says yes to '²', which it does not)
+DIGITS = re.compile("[0-9]+")
 _NOT_CHECKSUMS = ("x-amz-checksum-mode", "x-amz-checksum-algorithm", "x-amz-checksum-type")
 
 
@@ -202,7 +203,7 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     raw = headers.get(name)
     if raw is None:
         return None
-    if not _DIGITS.fullmatch(raw.strip()):  # not str.isdigit(): int() refuses some of its digits
+    if not DIGITS.fullmatch(raw.strip()):
         raise S3Error("InvalidArgument", f"{name} must be a non-negative integer.")
     return int(raw.strip())
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -46,6 +45,7 @@ from gureum.storage.notifications import (
 )
 from gureum.storage.objects import ObjectStore
 from gureum.storage.objects_fs import FileBlobStore
+from gureum.storage.payload import DIGITS
 from gureum.storage.s3_request import (
     S3Request,
     hosted_bucket,
@@ -69,7 +69,6 @@ from gureum.storage.s3_xml import (
 from gureum.storage.sweeper import Sweeper
 
 MAX_DELETE_KEYS = 1000
-_DIGITS = re.compile("[0-9]+")
 # S3's subresources (query parameters that name another operation on the same path) that
 # are not served here: a request naming one is refused, never served as the plain operation
 # (a PutObjectTagging would otherwise overwrite the object with its XML, and a
@@ -591,7 +590,7 @@ def _not_implemented(method: str, what: str) -> S3Error:
 def _max_keys(raw: str | None, name: str = "max-keys") -> int:
     if raw is None or raw == "":
         return 1000
-    if not _DIGITS.fullmatch(raw):  # not str.isdigit(): int() refuses some of its digits
+    if not DIGITS.fullmatch(raw):
         raise S3Error(
             "InvalidArgument",
             f"Provided {name} not an integer or within integer range",

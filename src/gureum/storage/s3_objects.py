@@ -12,13 +12,12 @@ from gureum.errors import S3Error
 from gureum.storage.base import BlobReader, BlobWriter
 from gureum.storage.catalog import Expect, ObjectMeta
 from gureum.storage.objects import MAX_PARTS, ObjectStore
-from gureum.storage.payload import Verify
+from gureum.storage.payload import DIGITS, Verify
 from gureum.storage.s3_request import S3Request, http_date, iso_date, parse_http_date
 from gureum.storage.s3_xml import add, document, malformed, parse, text, xml_response
 
 MAX_OBJECT_SIZE = 5 * 1024**3  # single PUT, as S3
 _COPY_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]+)")
-_DIGITS = re.compile("[0-9]+")  # not str.isdigit(): int() refuses some of its digits
 _RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
     "response-content-language": "content-language",
@@ -84,7 +83,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not header or not header.startswith("bytes=") or "," in header:
         return None
     first, sep, last = header[6:].strip().partition("-")
-    if not sep or not (first or last) or not all(_DIGITS.fullmatch(p) for p in (first, last) if p):
+    if not sep or not (first or last) or not all(DIGITS.fullmatch(p) for p in (first, last) if p):
         return None
     if not first:
         suffix = int(last)
@@ -426,7 +425,7 @@ async def complete_upload(req: S3Request, store: ObjectStore) -> Response:
     wanted: list[tuple[int, str]] = []
     for part in root.findall("Part"):
         number, etag = text(part, "PartNumber"), text(part, "ETag")
-        if number is None or etag is None or not _DIGITS.fullmatch(number.strip()):
+        if number is None or etag is None or not DIGITS.fullmatch(number.strip()):
             raise malformed()
         wanted.append((int(number), etag))
     expect = write_condition(req)
