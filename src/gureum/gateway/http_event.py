@@ -42,6 +42,7 @@ _TEXT_TYPES = (
 _TEXT_SUFFIXES = ("+json", "+xml", "+yaml")
 # compact, UTF-8 as is (json.dumps's separators=(",", ":"), ensure_ascii=False) and ~10x faster
 _EVENT_ENCODER = msgspec.json.Encoder()
+_RESULT_DECODER = msgspec.json.Decoder()
 # RFC 9110: a header name is a token; a value has no control characters but tab
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -218,9 +219,13 @@ def map_response(payload: bytes) -> HttpResponse:
     """Turn a function's return value into the HTTP response; MalformedResponse if it is not
     one API Gateway would accept."""
     try:
-        result = json.loads(payload)
-    except ValueError:
-        raise MalformedResponse("the function did not return valid JSON") from None
+        result = _RESULT_DECODER.decode(payload)
+    except msgspec.DecodeError:
+        # what msgspec refuses and Python's json reads (NaN, a lone surrogate) goes there
+        try:
+            result = json.loads(payload)
+        except ValueError:
+            raise MalformedResponse("the function did not return valid JSON") from None
     if isinstance(result, str):  # AWS: a returned string is the body itself, not its JSON
         return HttpResponse(200, [("content-type", "application/json")], result.encode())
     if not isinstance(result, dict) or "statusCode" not in result:
