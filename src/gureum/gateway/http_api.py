@@ -6,6 +6,11 @@ read the body (at most 6 MB), authorize, invoke the route's function with the 2.
 turn its return value into the response. Every response carries `X-Request-Id` (and AWS's
 `apigw-requestid`); every request gets one access-log line on the `gureum.access` logger.
 
+HEAD is a method like any other, as in AWS's route selection (method and path, `ANY` for the
+methods a path does not name, then `$default`): a `HEAD`, `ANY` or `$default` route takes it,
+a `GET` route does not (404). Its response has the function's status and headers, with the
+content-length of the body it returned, and no body (uvicorn sends none after HEAD).
+
 Gateway answers use AWS's `{"message": …}` bodies: 404 Not Found, 400 Bad Request (path not
 valid percent-encoded UTF-8), 413 Request Entity Too Large, 431 Request Header Fields Too
 Large (over 10 KB of path and headers), 429 Too Many Requests (with
