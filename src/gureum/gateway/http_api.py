@@ -41,6 +41,7 @@ from gureum.gateway.http_event import (
     header_map,
     host_name,
     map_response,
+    request_cookies,
 )
 from gureum.gateway.ratelimit import RateLimiter
 from gureum.gateway.route_auth import RouteAuthorizer
@@ -154,6 +155,7 @@ class HttpApiGateway:
                     protocol="HTTP/" + scope.get("http_version", "1.1"),
                     route_key=route_key,
                     path_params=match.path_params,
+                    cookies=request_cookies(scope["headers"]) if "cookie" in headers else (),
                 )
                 response = await self._serve(scope, receive, facts, match.api, match.route)
         except HttpApiError as exc:

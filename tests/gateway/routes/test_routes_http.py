@@ -545,6 +545,18 @@ def test_domain_name_of_an_ipv6_host(deploy: Deploy, admin: Client, http: httpx.
     assert context["domainName"] == "[::1]"
 
 
+def test_a_comma_inside_a_cookie_stays_in_it(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # cookies are separated by ';' within a Cookie header; only the joins between several
+    # Cookie headers are commas, so a ',' in one value is not a separator (it split 'a')
+    deploy("echo")
+    admin.add_route("GET /jar", "echo")
+    event = echoed(http.get("/jar", headers=[("Cookie", "a=x,y; b=2;"), ("Cookie", "c=3, d=4")]))
+    assert event["cookies"] == ["a=x,y", "b=2", "c=3, d=4"]
+    assert "cookie" not in event["headers"]
+
+
 HEAD_AWARE = """
 def handler(event, context):
     return {"statusCode": 200, "headers": {"x-method": event["requestContext"]["http"]["method"]},
