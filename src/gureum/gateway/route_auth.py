@@ -37,6 +37,9 @@ JWKS_TTL_S = 300.0
 JWKS_REFRESH_MIN_S = 30.0  # an unknown `kid` refetches the JWKS at most this often
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 AUTHORIZER_CACHE_MAX = 10_000
+# identity sources the route store accepts, read as prefixes: a name may hold '.' (X-Amz.Token)
+HEADER_SOURCE = "$request.header."
+QUERY_SOURCE = "$request.querystring."
 
 # (API id, authorizer function, identity source values)
 CacheKey = tuple[str, str, tuple[str, ...]]
@@ -145,7 +148,7 @@ class RouteAuthorizer:
     # ---- JWT -------------------------------------------------------------------------------
 
     async def _jwt(self, auth: Authorization, facts: RequestFacts) -> dict[str, Any]:
-        header = auth.identity_source[0].rsplit(".", 1)[1].lower()
+        header = auth.identity_source[0].removeprefix(HEADER_SOURCE).lower()
         token = facts.headers.get(header, "")
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
@@ -234,12 +237,14 @@ class RouteAuthorizer:
         values: list[str] = []
         query: dict[str, str] | None = None
         for source in auth.identity_source:
-            _, where, name = source.split(".", 2)
-            if where == "header":
-                value = facts.headers.get(name.lower())
-            else:
+            if source.startswith(HEADER_SOURCE):
+                value = facts.headers.get(source[len(HEADER_SOURCE) :].lower())
+            elif source.startswith(QUERY_SOURCE):
                 query = query_map(facts.raw_query) if query is None else query
-                value = query.get(name)
+                value = query.get(source[len(QUERY_SOURCE) :])
+            else:  # not one the route store accepts: a broken route, not a caller's fault
+                log.warning("route %s: unknown identity source %s", route.route_key, source)
+                raise HttpApiError(500, "Internal Server Error")
             if not value:
                 raise unauthorized()
             values.append(value)

@@ -416,3 +416,31 @@ def test_route_arn_names_the_request_method_and_path(
     assert ctx["authorizer"]["lambda"]["routeArn"] == (
         f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/prod/GET/users/8"
     )
+
+
+def test_identity_source_names_may_hold_dots(
+    deploy: Deploy, admin: Client, http: httpx.Client, rsa_keys: tuple[Any, dict[str, Any]]
+) -> None:
+    # '$request.header.' is a prefix: the JWT authorizer read 'X-Amz.Token' as the header
+    # 'Token' (it split at the last '.'), and every request was 401
+    private, jwks = rsa_keys
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
+    admin.add_route(
+        "GET /jwt", "echo", auth={**spec, "identity_source": "$request.header.X-Amz.Token"}
+    )
+    token = _token(private)
+    event = echoed(http.get("/jwt", headers={"X-Amz.Token": f"Bearer {token}"}))
+    assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "user-7"
+    assert http.get("/jwt", headers={"Token": f"Bearer {token}"}).status_code == 401
+    # a Lambda authorizer's header and query string sources likewise
+    sources = ["$request.header.X-Amz.Token", "$request.querystring.session.id"]
+    admin.add_route(
+        "GET /lambda", "echo", auth={"kind": "lambda:authz", "identity_source": sources, "ttl_s": 0}
+    )
+    headers = {"Authorization": "let-me-in", "X-Amz.Token": "t-1"}
+    event = echoed(http.get("/lambda", params={"session.id": "s-1"}, headers=headers))
+    assert event["requestContext"]["authorizer"]["lambda"]["identity"] == ["t-1", "s-1"]
+    missing = http.get("/lambda", params={"id": "s-1"}, headers=headers)
+    assert missing.status_code == 401
