@@ -249,24 +249,25 @@ class RouteAuthorizer:
                 raise unauthorized()
             values.append(value)
         route_arn = self._route_arn(api, facts)
-        cache_key = (api.api_id, auth.function, tuple(values))
-        now = time.monotonic()
-        answer = None
-        if auth.ttl_s:
-            hit = self._cache.get(cache_key)
+        if not auth.ttl_s:
+            answer, allowed = await self._call_authorizer(api, route, facts, values, route_arn)
+        else:
+            key = (api.api_id, auth.function, tuple(values))
+            now = time.monotonic()
+            hit = self._cache.get(key)
             if hit is not None and hit[0] > now:
                 answer = hit[1]
-        if answer is None:
-            answer = await self._call_authorizer(api, route, facts, values, route_arn)
-            if auth.ttl_s:
+                # A cached policy is evaluated again for each request, as AWS does: a policy
+                # that allows only the route it was first asked about does not open the others.
+                allowed = answer.allows(route_arn)
+            else:
+                answer, allowed = await self._call_authorizer(api, route, facts, values, route_arn)
                 if len(self._cache) >= AUTHORIZER_CACHE_MAX:
                     self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
                     if len(self._cache) >= AUTHORIZER_CACHE_MAX:
                         self._cache.clear()
-                self._cache[cache_key] = (now + auth.ttl_s, answer)
-        # A cached policy is evaluated again for each request, as AWS does: a policy that
-        # allows only the route it was first asked about does not open the others.
-        if not answer.allows(route_arn):
+                self._cache[key] = (now + auth.ttl_s, answer)
+        if not allowed:
             raise forbidden()
         return {"lambda": answer.context}
 
@@ -282,8 +283,9 @@ class RouteAuthorizer:
 
     async def _call_authorizer(
         self, api: Api, route: Route, facts: RequestFacts, values: list[str], route_arn: str
-    ) -> AuthorizerAnswer:
-        """Invoke the authorizer and check the shape of its answer."""
+    ) -> tuple[AuthorizerAnswer, bool]:
+        """Invoke the authorizer and check the shape of its answer; return it and whether it
+        allows `route_arn` (a policy is evaluated once, which also checks that it is one)."""
         assert route.auth.function is not None
         event = common_fields(api, facts, api.account_id)
         event["type"] = "REQUEST"
@@ -311,16 +313,17 @@ class RouteAuthorizer:
             answer = {}
         context = answer.get("context") or {}
         context = context if isinstance(context, dict) else {}
-        if isinstance(answer.get("isAuthorized"), bool):  # a simple response
-            return AuthorizerAnswer(answer["isAuthorized"], None, context)
+        verdict = answer.get("isAuthorized")
+        if isinstance(verdict, bool):  # a simple response
+            return AuthorizerAnswer(verdict, None, context), verdict
         if "policyDocument" in answer:  # an IAM policy response
             document = answer["policyDocument"]
             try:
-                policy_allows(document, "execute-api:Invoke", route_arn)
+                allowed = policy_allows(document, "execute-api:Invoke", route_arn)
             except ValueError as exc:
                 log.warning("authorizer %s returned a bad policy: %s", route.auth.function, exc)
                 raise HttpApiError(500, "Internal Server Error") from None
-            return AuthorizerAnswer(False, document, context)
+            return AuthorizerAnswer(False, document, context), allowed
         log.warning(
             "authorizer %s returned neither isAuthorized nor a policyDocument",
             route.auth.function,

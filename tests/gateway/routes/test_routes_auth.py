@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gureum.client import Client
 from gureum.errors import InvalidParameterValue
+from gureum.gateway import route_auth
 from gureum.store.schema import gateway_routes
 from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
@@ -444,3 +445,32 @@ def test_identity_source_names_may_hold_dots(
     assert event["requestContext"]["authorizer"]["lambda"]["identity"] == ["t-1", "s-1"]
     missing = http.get("/lambda", params={"id": "s-1"}, headers=headers)
     assert missing.status_code == 401
+
+
+def test_a_fresh_policy_is_evaluated_once(
+    monkeypatch: pytest.MonkeyPatch, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # On a cache miss the policy was evaluated twice: once to refuse a malformed one before
+    # caching it, once for the request.
+    evaluated: list[str] = []
+    real = route_auth.policy_allows
+
+    def counting(document: object, action: str, resource: str) -> bool:
+        evaluated.append(resource)
+        return real(document, action, resource)
+
+    monkeypatch.setattr(route_auth, "policy_allows", counting)  # the server runs in-process
+    deploy("echo")
+    deploy("policy", POLICY_AUTHORIZER)
+    admin.add_route("GET /once/{id}", "echo", auth={"kind": "lambda:policy", "ttl_s": 300})
+    admin.add_route("GET /fresh", "echo", auth={"kind": "lambda:policy", "ttl_s": 0})
+    assert echoed(http.get("/once/1", headers={"Authorization": "wildcard"}))
+    assert len(evaluated) == 1
+    # a cached policy is evaluated again, once, for each request
+    assert echoed(http.get("/once/2", headers={"Authorization": "wildcard"}))
+    assert len(evaluated) == 2 and evaluated[1].endswith("/GET/once/2")
+    assert echoed(http.get("/fresh", headers={"Authorization": "route"}))
+    assert len(evaluated) == 3
+    # a malformed policy is still refused
+    broken = http.get("/fresh", headers={"Authorization": "malformed"})
+    assert broken.status_code == 500
