@@ -41,8 +41,8 @@ AUTHORIZER_CACHE_MAX = 10_000
 HEADER_SOURCE = "$request.header."
 QUERY_SOURCE = "$request.querystring."
 
-# (API id, authorizer function, identity source values)
-CacheKey = tuple[str, str, tuple[str, ...]]
+# (API id, the authorizer: function, identity sources and TTL; the sources' values)
+CacheKey = tuple[str, str, tuple[str, ...], int, tuple[str, ...]]
 Invoke = Callable[[str, str, str | None, bytes], Awaitable[InvocationResult]]
 
 
@@ -252,7 +252,10 @@ class RouteAuthorizer:
         if not auth.ttl_s:
             answer, allowed = await self._call_authorizer(api, route, facts, values, route_arn)
         else:
-            key = (api.api_id, auth.function, tuple(values))
+            # Routes share answers only when they name the same authorizer: the same function
+            # reading the same sources (one identity's token is not another's query string)
+            # and keeping answers as long.
+            key = (api.api_id, auth.function, auth.identity_source, auth.ttl_s, tuple(values))
             now = time.monotonic()
             hit = self._cache.get(key)
             if hit is not None and hit[0] > now:

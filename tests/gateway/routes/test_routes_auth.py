@@ -447,6 +447,34 @@ def test_identity_source_names_may_hold_dots(
     assert missing.status_code == 401
 
 
+def test_routes_share_cached_answers_only_with_the_same_authorizer(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # The cache was keyed by the sources' values alone: a token cached for the header source
+    # of one route let the same text through another route's query string source (AWS keeps
+    # one cache per authorizer, and an authorizer has one identity source and one TTL).
+    deploy("echo")
+    deploy("authz", AUTHORIZER)  # allows the Authorization header 'let-me-in', whatever else
+
+    def auth(source: str, ttl_s: int = 60) -> dict[str, Any]:
+        return {"kind": "lambda:authz", "identity_source": [source], "ttl_s": ttl_s}
+
+    admin.add_route("GET /by-header", "echo", auth=auth("$request.header.Authorization"))
+    admin.add_route("GET /by-query", "echo", auth=auth("$request.querystring.token"))
+    admin.add_route("GET /short", "echo", auth=auth("$request.header.Authorization", 1))
+    first = echoed(http.get("/by-header", headers={"Authorization": "let-me-in"}))
+    calls = first["requestContext"]["authorizer"]["lambda"]["calls"]
+    denied = http.get("/by-query", params={"token": "let-me-in"})
+    assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}
+    # a route keeping answers 1 s does not take one cached for 60 s: the authorizer is asked
+    short = echoed(http.get("/short", headers={"Authorization": "let-me-in"}))
+    assert short["requestContext"]["authorizer"]["lambda"]["calls"] == calls + 2
+    # and a route of the same authorizer does share the answer
+    admin.add_route("GET /same", "echo", auth=auth("$request.header.Authorization"))
+    same = echoed(http.get("/same", headers={"Authorization": "let-me-in"}))
+    assert same["requestContext"]["authorizer"]["lambda"]["calls"] == calls
+
+
 def test_a_fresh_policy_is_evaluated_once(
     monkeypatch: pytest.MonkeyPatch, deploy: Deploy, admin: Client, http: httpx.Client
 ) -> None:
