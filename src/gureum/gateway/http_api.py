@@ -6,6 +6,11 @@ read the body (at most 6 MB), authorize, invoke the route's function with the 2.
 turn its return value into the response. Every response carries `X-Request-Id` (and AWS's
 `apigw-requestid`); every request gets one access-log line on the `gureum.access` logger.
 
+HEAD is a method like any other, as in AWS's route selection (method and path, `ANY` for the
+methods a path does not name, then `$default`): a `HEAD`, `ANY` or `$default` route takes it,
+a `GET` route does not (404). Its response has the function's status and headers, with the
+content-length of the body it returned, and no body (uvicorn sends none after HEAD).
+
 Gateway answers use AWS's `{"message": …}` bodies: 404 Not Found, 400 Bad Request (path not
 valid percent-encoded UTF-8), 413 Request Entity Too Large, 431 Request Header Fields Too
 Large (over 10 KB of path and headers), 429 Too Many Requests (with
@@ -34,6 +39,7 @@ from gureum.gateway.http_event import (
     header_map,
     host_name,
     map_response,
+    request_cookies,
 )
 from gureum.gateway.ratelimit import RateLimiter
 from gureum.gateway.route_auth import RouteAuthorizer
@@ -144,6 +150,7 @@ class HttpApiGateway:
                     protocol="HTTP/" + scope.get("http_version", "1.1"),
                     route_key=route_key,
                     path_params=match.path_params,
+                    cookies=request_cookies(scope["headers"]) if "cookie" in headers else (),
                 )
                 response = await self._serve(
                     scope, receive, facts, match.api, match.route, exchange

@@ -2,9 +2,10 @@
 return value becomes the HTTP response. Pure functions; no I/O.
 
 Event: header names lower-cased and duplicates joined with ','; `cookie` headers moved to
-`cookies`; query values percent-decoded ('+' a space) and duplicates joined with ','; keys
-that would be empty (`cookies`, `queryStringParameters`, `pathParameters`, `body`) left out,
-as AWS leaves them out; text bodies as text, anything else base64 with `isBase64Encoded: true`.
+`cookies` (split at ';' only: a ',' in a cookie's value stays in it); query values
+percent-decoded ('+' a space) and duplicates joined with ','; keys that would be empty
+(`cookies`, `queryStringParameters`, `pathParameters`, `body`) left out, as AWS leaves them
+out; text bodies as text, anything else base64 with `isBase64Encoded: true`.
 
 Response: a JSON object with `statusCode` is a structured response (`headers`, `cookies`,
 `body`, `isBase64Encoded`); a JSON string is the body of a 200 `application/json` response as
@@ -96,10 +97,16 @@ def query_map(raw_query: str) -> dict[str, str]:
     return params
 
 
-def split_cookies(cookie_header: str | None) -> list[str]:
-    if not cookie_header:
-        return []
-    return [c.strip() for c in cookie_header.replace(",", ";").split(";") if c.strip()]
+def request_cookies(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str, ...]:
+    """The event's `cookies`: each Cookie header split at ';'. Read from the raw headers, since
+    `header_map` joins several Cookie headers with ',', which a cookie's value may hold."""
+    return tuple(
+        cookie
+        for raw_name, raw_value in raw_headers
+        if raw_name.lower() == b"cookie"
+        for piece in raw_value.decode("latin-1").split(";")
+        if (cookie := piece.strip())
+    )
 
 
 @dataclass
@@ -115,6 +122,7 @@ class RequestFacts:
     protocol: str
     route_key: str
     path_params: dict[str, str]
+    cookies: tuple[str, ...] = ()  # `request_cookies`, when the request has any
     received_at: float = field(default_factory=time.time)
 
 
@@ -157,9 +165,8 @@ def common_fields(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]
         "rawPath": facts.raw_path,
         "rawQueryString": facts.raw_query,
     }
-    cookies = split_cookies(facts.headers.get("cookie"))
-    if cookies:
-        event["cookies"] = cookies
+    if facts.cookies:
+        event["cookies"] = list(facts.cookies)
     event["headers"] = headers
     query = query_map(facts.raw_query)
     if query:

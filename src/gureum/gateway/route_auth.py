@@ -37,9 +37,12 @@ JWKS_TTL_S = 300.0
 JWKS_REFRESH_MIN_S = 30.0  # an unknown `kid` refetches the JWKS at most this often
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 AUTHORIZER_CACHE_MAX = 10_000
+# identity sources the route store accepts, read as prefixes: a name may hold '.' (X-Amz.Token)
+HEADER_SOURCE = "$request.header."
+QUERY_SOURCE = "$request.querystring."
 
-# (API id, authorizer function, identity source values)
-CacheKey = tuple[str, str, tuple[str, ...]]
+# (API id, the authorizer: function, identity sources and TTL; the sources' values)
+CacheKey = tuple[str, str, tuple[str, ...], int, tuple[str, ...]]
 Invoke = Callable[[str, str, str | None, bytes], Awaitable[InvocationResult]]
 
 
@@ -145,7 +148,7 @@ class RouteAuthorizer:
     # ---- JWT -------------------------------------------------------------------------------
 
     async def _jwt(self, auth: Authorization, facts: RequestFacts) -> dict[str, Any]:
-        header = auth.identity_source[0].rsplit(".", 1)[1].lower()
+        header = auth.identity_source[0].removeprefix(HEADER_SOURCE).lower()
         token = facts.headers.get(header, "")
         if token[:7].lower() == "bearer ":
             token = token[7:].strip()
@@ -234,34 +237,40 @@ class RouteAuthorizer:
         values: list[str] = []
         query: dict[str, str] | None = None
         for source in auth.identity_source:
-            _, where, name = source.split(".", 2)
-            if where == "header":
-                value = facts.headers.get(name.lower())
-            else:
+            if source.startswith(HEADER_SOURCE):
+                value = facts.headers.get(source[len(HEADER_SOURCE) :].lower())
+            elif source.startswith(QUERY_SOURCE):
                 query = query_map(facts.raw_query) if query is None else query
-                value = query.get(name)
+                value = query.get(source[len(QUERY_SOURCE) :])
+            else:  # not one the route store accepts: a broken route, not a caller's fault
+                log.warning("route %s: unknown identity source %s", route.route_key, source)
+                raise HttpApiError(500, "Internal Server Error")
             if not value:
                 raise unauthorized()
             values.append(value)
         route_arn = self._route_arn(api, facts)
-        cache_key = (api.api_id, auth.function, tuple(values))
-        now = time.monotonic()
-        answer = None
-        if auth.ttl_s:
-            hit = self._cache.get(cache_key)
+        if not auth.ttl_s:
+            answer, allowed = await self._call_authorizer(api, route, facts, values, route_arn)
+        else:
+            # Routes share answers only when they name the same authorizer: the same function
+            # reading the same sources (one identity's token is not another's query string)
+            # and keeping answers as long.
+            key = (api.api_id, auth.function, auth.identity_source, auth.ttl_s, tuple(values))
+            now = time.monotonic()
+            hit = self._cache.get(key)
             if hit is not None and hit[0] > now:
                 answer = hit[1]
-        if answer is None:
-            answer = await self._call_authorizer(api, route, facts, values, route_arn)
-            if auth.ttl_s:
+                # A cached policy is evaluated again for each request, as AWS does: a policy
+                # that allows only the route it was first asked about does not open the others.
+                allowed = answer.allows(route_arn)
+            else:
+                answer, allowed = await self._call_authorizer(api, route, facts, values, route_arn)
                 if len(self._cache) >= AUTHORIZER_CACHE_MAX:
                     self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
                     if len(self._cache) >= AUTHORIZER_CACHE_MAX:
                         self._cache.clear()
-                self._cache[cache_key] = (now + auth.ttl_s, answer)
-        # A cached policy is evaluated again for each request, as AWS does: a policy that
-        # allows only the route it was first asked about does not open the others.
-        if not answer.allows(route_arn):
+                self._cache[key] = (now + auth.ttl_s, answer)
+        if not allowed:
             raise forbidden()
         return {"lambda": answer.context}
 
@@ -277,8 +286,9 @@ class RouteAuthorizer:
 
     async def _call_authorizer(
         self, api: Api, route: Route, facts: RequestFacts, values: list[str], route_arn: str
-    ) -> AuthorizerAnswer:
-        """Invoke the authorizer and check the shape of its answer."""
+    ) -> tuple[AuthorizerAnswer, bool]:
+        """Invoke the authorizer and check the shape of its answer; return it and whether it
+        allows `route_arn` (a policy is evaluated once, which also checks that it is one)."""
         assert route.auth.function is not None
         event = common_fields(api, facts, api.account_id)
         event["type"] = "REQUEST"
@@ -306,16 +316,17 @@ class RouteAuthorizer:
             answer = {}
         context = answer.get("context") or {}
         context = context if isinstance(context, dict) else {}
-        if isinstance(answer.get("isAuthorized"), bool):  # a simple response
-            return AuthorizerAnswer(answer["isAuthorized"], None, context)
+        verdict = answer.get("isAuthorized")
+        if isinstance(verdict, bool):  # a simple response
+            return AuthorizerAnswer(verdict, None, context), verdict
         if "policyDocument" in answer:  # an IAM policy response
             document = answer["policyDocument"]
             try:
-                policy_allows(document, "execute-api:Invoke", route_arn)
+                allowed = policy_allows(document, "execute-api:Invoke", route_arn)
             except ValueError as exc:
                 log.warning("authorizer %s returned a bad policy: %s", route.auth.function, exc)
                 raise HttpApiError(500, "Internal Server Error") from None
-            return AuthorizerAnswer(False, document, context)
+            return AuthorizerAnswer(False, document, context), allowed
         log.warning(
             "authorizer %s returned neither isAuthorized nor a policyDocument",
             route.auth.function,

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gureum.client import Client
 from gureum.errors import InvalidParameterValue
+from gureum.gateway import route_auth
 from gureum.store.schema import gateway_routes
 from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
@@ -416,3 +417,88 @@ def test_route_arn_names_the_request_method_and_path(
     assert ctx["authorizer"]["lambda"]["routeArn"] == (
         f"arn:aws:execute-api:{region}:{ctx['accountId']}:{ctx['apiId']}/prod/GET/users/8"
     )
+
+
+def test_identity_source_names_may_hold_dots(
+    deploy: Deploy, admin: Client, http: httpx.Client, rsa_keys: tuple[Any, dict[str, Any]]
+) -> None:
+    # '$request.header.' is a prefix: the JWT authorizer read 'X-Amz.Token' as the header
+    # 'Token' (it split at the last '.'), and every request was 401
+    private, jwks = rsa_keys
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    spec = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
+    admin.add_route(
+        "GET /jwt", "echo", auth={**spec, "identity_source": "$request.header.X-Amz.Token"}
+    )
+    token = _token(private)
+    event = echoed(http.get("/jwt", headers={"X-Amz.Token": f"Bearer {token}"}))
+    assert event["requestContext"]["authorizer"]["jwt"]["claims"]["sub"] == "user-7"
+    assert http.get("/jwt", headers={"Token": f"Bearer {token}"}).status_code == 401
+    # a Lambda authorizer's header and query string sources likewise
+    sources = ["$request.header.X-Amz.Token", "$request.querystring.session.id"]
+    admin.add_route(
+        "GET /lambda", "echo", auth={"kind": "lambda:authz", "identity_source": sources, "ttl_s": 0}
+    )
+    headers = {"Authorization": "let-me-in", "X-Amz.Token": "t-1"}
+    event = echoed(http.get("/lambda", params={"session.id": "s-1"}, headers=headers))
+    assert event["requestContext"]["authorizer"]["lambda"]["identity"] == ["t-1", "s-1"]
+    missing = http.get("/lambda", params={"id": "s-1"}, headers=headers)
+    assert missing.status_code == 401
+
+
+def test_routes_share_cached_answers_only_with_the_same_authorizer(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # The cache was keyed by the sources' values alone: a token cached for the header source
+    # of one route let the same text through another route's query string source (AWS keeps
+    # one cache per authorizer, and an authorizer has one identity source and one TTL).
+    deploy("echo")
+    deploy("authz", AUTHORIZER)  # allows the Authorization header 'let-me-in', whatever else
+
+    def auth(source: str, ttl_s: int = 60) -> dict[str, Any]:
+        return {"kind": "lambda:authz", "identity_source": [source], "ttl_s": ttl_s}
+
+    admin.add_route("GET /by-header", "echo", auth=auth("$request.header.Authorization"))
+    admin.add_route("GET /by-query", "echo", auth=auth("$request.querystring.token"))
+    admin.add_route("GET /short", "echo", auth=auth("$request.header.Authorization", 1))
+    first = echoed(http.get("/by-header", headers={"Authorization": "let-me-in"}))
+    calls = first["requestContext"]["authorizer"]["lambda"]["calls"]
+    denied = http.get("/by-query", params={"token": "let-me-in"})
+    assert denied.status_code == 403 and denied.json() == {"message": "Forbidden"}
+    # a route keeping answers 1 s does not take one cached for 60 s: the authorizer is asked
+    short = echoed(http.get("/short", headers={"Authorization": "let-me-in"}))
+    assert short["requestContext"]["authorizer"]["lambda"]["calls"] == calls + 2
+    # and a route of the same authorizer does share the answer
+    admin.add_route("GET /same", "echo", auth=auth("$request.header.Authorization"))
+    same = echoed(http.get("/same", headers={"Authorization": "let-me-in"}))
+    assert same["requestContext"]["authorizer"]["lambda"]["calls"] == calls
+
+
+def test_a_fresh_policy_is_evaluated_once(
+    monkeypatch: pytest.MonkeyPatch, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # On a cache miss the policy was evaluated twice: once to refuse a malformed one before
+    # caching it, once for the request.
+    evaluated: list[str] = []
+    real = route_auth.policy_allows
+
+    def counting(document: object, action: str, resource: str) -> bool:
+        evaluated.append(resource)
+        return real(document, action, resource)
+
+    monkeypatch.setattr(route_auth, "policy_allows", counting)  # the server runs in-process
+    deploy("echo")
+    deploy("policy", POLICY_AUTHORIZER)
+    admin.add_route("GET /once/{id}", "echo", auth={"kind": "lambda:policy", "ttl_s": 300})
+    admin.add_route("GET /fresh", "echo", auth={"kind": "lambda:policy", "ttl_s": 0})
+    assert echoed(http.get("/once/1", headers={"Authorization": "wildcard"}))
+    assert len(evaluated) == 1
+    # a cached policy is evaluated again, once, for each request
+    assert echoed(http.get("/once/2", headers={"Authorization": "wildcard"}))
+    assert len(evaluated) == 2 and evaluated[1].endswith("/GET/once/2")
+    assert echoed(http.get("/fresh", headers={"Authorization": "route"}))
+    assert len(evaluated) == 3
+    # a malformed policy is still refused
+    broken = http.get("/fresh", headers={"Authorization": "malformed"})
+    assert broken.status_code == 500

@@ -543,3 +543,54 @@ def test_domain_name_of_an_ipv6_host(deploy: Deploy, admin: Client, http: httpx.
     admin.add_route("GET /where", "echo")
     context = echoed(http.get("/where", headers={"Host": "[::1]:8070"}))["requestContext"]
     assert context["domainName"] == "[::1]"
+
+
+def test_a_comma_inside_a_cookie_stays_in_it(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # cookies are separated by ';' within a Cookie header; only the joins between several
+    # Cookie headers are commas, so a ',' in one value is not a separator (it split 'a')
+    deploy("echo")
+    admin.add_route("GET /jar", "echo")
+    event = echoed(http.get("/jar", headers=[("Cookie", "a=x,y; b=2;"), ("Cookie", "c=3, d=4")]))
+    assert event["cookies"] == ["a=x,y", "b=2", "c=3, d=4"]
+    assert "cookie" not in event["headers"]
+
+
+HEAD_AWARE = """
+def handler(event, context):
+    return {"statusCode": 200, "headers": {"x-method": event["requestContext"]["http"]["method"]},
+            "body": "twelve bytes"}
+"""
+
+
+def test_head_takes_only_a_head_any_or_default_route(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # AWS's HTTP APIs select a route by the request's method and path, with ANY for the
+    # methods a path does not name and $default for the rest: a GET route does not take HEAD
+    deploy("head-aware", HEAD_AWARE)
+    admin.add_route("GET /only-get", "head-aware")
+    admin.add_route("ANY /any", "head-aware")
+    admin.add_route("HEAD /head", "head-aware")
+    response = http.head("/only-get")
+    assert response.status_code == 404 and response.content == b""
+    for path in ("/any", "/head"):
+        response = http.head(path)
+        assert response.status_code == 200, path
+        assert response.headers["x-method"] == "HEAD"
+        assert response.headers["content-length"] == "12"  # what a GET would get
+    # whatever the function returns, no body goes on the wire: the next response on the
+    # same connection starts right after the HEAD response's headers
+    host, port = server.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"HEAD /any HTTP/1.1\r\nHost: x\r\n\r\nGET /any HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while not received.endswith(b"twelve bytes"):
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"x-method: HEAD" in head
+    assert rest.startswith(b"HTTP/1.1 200") and b"x-method: GET" in rest
+    assert received.count(b"twelve bytes") == 1
