@@ -1,14 +1,20 @@
-"""Invocation records: the log text, batching, durability on close, queries, every backend."""
+"""Invocation records: the log text, batching, durability on close, queries, every backend; and
+SQLite's record writer process: batches land once, a dead child is replaced, a batch it cannot
+write says why and the child goes on, close ends it."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from gureum.node import records
+from gureum.node import record_writer, records
+from gureum.node.record_writer import RecordWriter, RecordWriterError
 from gureum.node.records import (
     InvocationLog,
     InvocationRecord,
@@ -127,7 +133,7 @@ def test_batches_are_cut_into_statements_within_the_parameter_limits() -> None:
     assert records.MAX_ROWS_PER_INSERT_OLD_SQLITE * columns <= 999  # older SQLite
     for most in (records.MAX_ROWS_PER_INSERT, records.MAX_ROWS_PER_INSERT_OLD_SQLITE):
         for count in (0, 1, 3, most - 1, most, most + 1, 3 * most + 77):
-            pieces = records._chunks(count, most)
+            pieces = record_writer.chunks(count, most)
             assert sum(size for _, size in pieces) == count
             assert [start for start, _ in pieces] == [
                 sum(size for _, size in pieces[:i]) for i in range(len(pieces))
@@ -202,5 +208,117 @@ def test_stored_log_keeps_the_tail(database_url: str) -> None:
         assert rows[0]["log"] == big.text[-records.MAX_STORED_LOG :]
         await recorder.close()
         await db.close()
+
+    asyncio.run(scenario())
+
+
+# ---- the record writer process (SQLite in a file) ---------------------------------------
+
+
+def _rows(*request_ids: str) -> list[tuple[object, ...]]:
+    return [_record(request_id).row() for request_id in request_ids]
+
+
+def _writer(path: Path) -> RecordWriter:
+    return RecordWriter(str(path), records._one_row_insert(True), records.MAX_ROWS_PER_INSERT)
+
+
+async def _stored(db: Database) -> list[str]:
+    rows = await InvocationRecorder(db).query(ACCOUNT, limit=100, newest_first=False)
+    return [r["request_id"] for r in rows]
+
+
+def test_a_batch_sent_again_is_stored_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+        writer = _writer(tmp_path / "meta.db")
+        try:
+            await writer.write(_rows("a", "b"))
+            await writer.write(_rows("b", "c"))  # "b" again, as after a child died unanswered
+            assert await _stored(db) == ["a", "b", "c"]
+        finally:
+            await writer.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_child_is_replaced_and_nothing_written_is_lost(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+        recorder = InvocationRecorder(db)
+        try:
+            recorder.add(_record("before"))
+            await recorder.flush()
+            assert recorder._writer is not None and recorder._writer._process is not None
+            child = recorder._writer._process
+            os.kill(child.pid, signal.SIGKILL)
+            await child.wait()
+            recorder.add(_record("after"))
+            await recorder.flush()  # a new child takes it
+            assert await _stored(db) == ["before", "after"]
+            assert recorder._writer._process is not child
+        finally:
+            await recorder.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_the_child_cannot_write_is_refused_with_its_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+        writer = _writer(tmp_path / "meta.db")
+        try:
+            with pytest.raises(RecordWriterError, match="Incorrect number of bindings"):
+                await writer.write([("too", "few", "values")])
+            process = writer._process
+            await writer.write(_rows("good"))  # the same child goes on
+            assert writer._process is process
+            assert await _stored(db) == ["good"]
+        finally:
+            await writer.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_ends_the_child_and_a_later_write_starts_another(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+        writer = _writer(tmp_path / "meta.db")
+        try:
+            await writer.write(_rows("one"))
+            child = writer._process
+            assert child is not None
+            await writer.close()
+            assert child.returncode == 0  # it saw the end of its input and exited
+            await writer.close()  # twice is fine
+            await writer.write(_rows("two"))
+            assert await _stored(db) == ["one", "two"]
+        finally:
+            await writer.close()
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_write_still_lands_and_the_caller_learns_it(tmp_path: Path) -> None:
+    """As with the platform's own writes: a caller cancelled while its batch is out waits for
+    the answer and returns normally when the batch was written."""
+
+    async def scenario() -> None:
+        db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'meta.db'}")
+        writer = _writer(tmp_path / "meta.db")
+        try:
+            await writer.start()
+            task = asyncio.ensure_future(writer.write(_rows("cancelled")))
+            await asyncio.sleep(0)  # the batch is on its way
+            task.cancel()
+            await task  # written, so no CancelledError
+            assert await _stored(db) == ["cancelled"]
+        finally:
+            await writer.close()
+            await db.close()
 
     asyncio.run(scenario())

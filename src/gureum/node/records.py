@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gureum.node.record_writer import RecordWriter, chunks, repeat_values
 from gureum.store import Database
 from gureum.store.database import sqlite_statement
 from gureum.store.schema import invocations
@@ -56,22 +57,16 @@ def _max_rows() -> int:
     return MAX_ROWS_PER_INSERT
 
 
-def _chunks(count: int, most: int = MAX_ROWS_PER_INSERT) -> list[tuple[int, int]]:
-    """(start, size) pieces of a batch of `count` records: `most` (a power of two) at a time,
-    then powers of two, so that a few statements, each prepared once (sqlite3 keeps them by
-    their text), write any batch."""
-    pieces = []
-    start = 0
-    while count - start >= most:
-        pieces.append((start, most))
-        start += most
-    size = most
-    while start < count:
-        size //= 2
-        if count - start >= size:
-            pieces.append((start, size))
-            start += size
-    return pieces
+@functools.lru_cache(maxsize=4)
+def _one_row_insert(or_ignore: bool) -> str:
+    """The INSERT of one record, as SQLite text with qmark parameters in record order; with
+    `or_ignore`, a row whose request id is stored already is skipped (see record_writer)."""
+    statement = invocations.insert()
+    if or_ignore:
+        statement = statement.prefix_with("OR IGNORE", dialect="sqlite")
+    text, names = sqlite_statement(statement, InvocationRecord._fields)
+    assert names == InvocationRecord._fields, names
+    return text
 
 
 @functools.lru_cache(maxsize=16)
@@ -85,10 +80,7 @@ def _sqlite_insert(rows: int) -> str:
     10,000 took 0.24 s as statements of 500 rows). Not SQLAlchemy's compilation of a many-row
     insert: that took 0.43 s for 512 rows, on the event loop, the first time each size came up
     (a pause of every request in flight)."""
-    text, names = sqlite_statement(invocations.insert(), InvocationRecord._fields)
-    assert names == InvocationRecord._fields, names
-    head, values, group = text.partition(" VALUES ")
-    return head + values + ", ".join([group] * rows)
+    return repeat_values(_one_row_insert(False), rows)
 
 
 class InvocationLog:
@@ -210,7 +202,8 @@ class InvocationRecord(NamedTuple):
 
 
 class InvocationRecorder:
-    """Buffers records and writes them in one transaction per batch.
+    """Buffers records and writes them in one transaction per batch (on SQLite in a file, from
+    a process of its own: `gureum.node.record_writer`).
 
     A record added is written within about FLUSH_INTERVAL_S (sooner once FLUSH_BATCH are
     pending). `flush()` writes everything pending now; `query()` flushes first, so it sees every
@@ -224,6 +217,13 @@ class InvocationRecorder:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        path = db.engine.url.database if db.dialect == "sqlite" else None
+        # SQLite in a file: a process of its own writes the records (record_writer)
+        self._writer = (
+            RecordWriter(path, _one_row_insert(True), _max_rows())
+            if path and path != ":memory:"
+            else None
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -258,22 +258,27 @@ class InvocationRecorder:
 
             await self.db.write(insert_all)
             return
+        if self._writer is not None:
+            await self._writer.write(rows)
+            return
+        # an in-memory database is the engine's connection's own: only it can write there
         statements = [
             (_sqlite_insert(size), tuple(value for row in rows[at : at + size] for value in row))
-            for at, size in _chunks(len(rows), _max_rows())
+            for at, size in chunks(len(rows), _max_rows())
         ]
 
         async def insert(conn: AsyncConnection) -> None:
             for sql, params in statements:
                 await conn.exec_driver_sql(sql, params)
 
-        def insert_direct(conn: sqlite3.Connection) -> None:
-            for sql, params in statements:
-                conn.execute(sql, params)
-
-        await self.db.write(insert, sqlite=insert_direct)
+        await self.db.write(insert)
 
     async def _run(self) -> None:
+        if self._writer is not None:
+            try:
+                await self._writer.start()  # not on the first batch's time
+            except OSError:
+                log.exception("could not start the record writer; the first batch will retry")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), FLUSH_INTERVAL_S)
@@ -289,7 +294,11 @@ class InvocationRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            if self._writer is not None:
+                await self._writer.close()
 
     async def query(
         self,
