@@ -3,9 +3,10 @@
     python -I .../gureum/node/record_writer.py DB_PATH INSERT MAX_ROWS   (`RecordWriter` runs it)
 
 Why a process: a thread inserting records beside the gateway's event loop competes with it for
-the GIL. With the writes moved here, the gateway's event-loop thread spent 88-92 instead of
-96-103 us of CPU per request on bench/gateway.py's route at 32 connections, and served
-9,800-10,700 instead of 8,600-9,600 req/s (three runs each, alternating, on one machine).
+the GIL. With the writes moved here, the gateway process (all its threads) spent 91-97 instead
+of 105-122 us of CPU per request on bench/gateway.py's route at 32 connections, and served
+9,200-10,200 instead of 8,300-9,900 req/s (six 5 s runs each, alternating, on one machine);
+this process adds about 10 us per record on the other core.
 
 The protocol, over the child's stdin and stdout. The parent sends a frame per batch: `>I`
 length, then a msgpack array of rows, each an array of the record's column values in the order
