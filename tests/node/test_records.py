@@ -186,8 +186,11 @@ def test_records_are_flushed_in_the_background_and_on_close(database_url: str) -
         recorder = InvocationRecorder(db)
         recorder.start()
         recorder.add(_record("req-background"))
-        await asyncio.sleep(records.FLUSH_INTERVAL_S * 4)
         reader = InvocationRecorder(db)  # another reader: sees only what reached the store
+        # the first batch also waits for the record writer process to start (SQLite)
+        deadline = time.monotonic() + 10
+        while not await reader.query(ACCOUNT) and time.monotonic() < deadline:
+            await asyncio.sleep(records.FLUSH_INTERVAL_S)
         assert [r["request_id"] for r in await reader.query(ACCOUNT)] == ["req-background"]
         recorder.add(_record("req-at-close"))
         await recorder.close()
