@@ -41,6 +41,25 @@ BASE_PATH_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*,;=:@-]+$")
 PARAM_RE = re.compile(r"^\{([A-Za-z0-9_.-]{1,128})(\+?)\}$")
 IDENTITY_SOURCE_RE = re.compile(r"^\$request\.(header|querystring)\.([A-Za-z0-9_.-]{1,128})$")
+# A Lambda authorizer (not a JWT one) may also read a stage variable or a `$context` variable
+STAGE_VARIABLE_SOURCE = "$stageVariables."
+CONTEXT_SOURCE = "$context."
+# The HTTP API `$context` variables a Lambda authorizer's identity may come from: those of
+# AWS's list that the gateway knows before the authorizer runs and that repeat from one request
+# to the next (requestId or requestTime would give every request a cache entry of its own)
+CONTEXT_IDENTITY_VARIABLES = (
+    "accountId",
+    "apiId",
+    "domainName",
+    "domainPrefix",
+    "httpMethod",
+    "identity.sourceIp",
+    "identity.userAgent",
+    "path",
+    "protocol",
+    "routeKey",
+    "stage",
+)
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -200,7 +219,8 @@ class Authorization:
 
     kind: str = "none"
     function: str | None = None  # lambda: 'name[:qualifier]'
-    identity_source: tuple[str, ...] = ()  # lambda (and jwt: the header holding the token)
+    # lambda: headers, query strings, stage variables, context variables (jwt: the token's header)
+    identity_source: tuple[str, ...] = ()
     ttl_s: int = 0  # lambda: result cache lifetime; 0 disables caching
     issuer: str | None = None  # jwt
     audience: tuple[str, ...] = ()  # jwt
@@ -242,7 +262,7 @@ class Authorization:
         if not isinstance(function, str) or not function:
             raise InvalidParameterValue("a lambda authorizer needs a function: lambda:NAME")
         parse_function_ref(function)
-        sources = _identity_sources(data.get("identity_source"))
+        sources = _identity_sources(data.get("identity_source"), lambda_authorizer=True)
         ttl = data.get("ttl_s", DEFAULT_AUTHORIZER_TTL_S)
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= 3600:
             raise InvalidParameterValue("authorizer ttl_s must be between 0 and 3600 seconds")
@@ -280,7 +300,10 @@ class Authorization:
         scopes = data.get("scopes") or []
         if not isinstance(scopes, list) or not all(isinstance(s, str) and s for s in scopes):
             raise InvalidParameterValue("scopes must be a list of strings")
-        sources = _identity_sources(data.get("identity_source")) or DEFAULT_IDENTITY_SOURCE
+        sources = (
+            _identity_sources(data.get("identity_source"), lambda_authorizer=False)
+            or DEFAULT_IDENTITY_SOURCE
+        )
         if len(sources) != 1 or not sources[0].startswith("$request.header."):
             raise InvalidParameterValue("a jwt authorizer reads its token from one header")
         return cls(
@@ -324,7 +347,9 @@ def check_not_reserved(api: Api, key: RouteKey) -> None:
         )
 
 
-def _identity_sources(value: object) -> tuple[str, ...]:
+def _identity_sources(value: object, *, lambda_authorizer: bool) -> tuple[str, ...]:
+    """The identity sources in `value`; a Lambda authorizer's may also be a stage variable or
+    one of CONTEXT_IDENTITY_VARIABLES, as on AWS (a JWT authorizer's may not)."""
     if value is None:
         return ()
     if isinstance(value, str):
@@ -332,10 +357,27 @@ def _identity_sources(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise InvalidParameterValue("identity_source must be a list")
     for source in value:
-        if not isinstance(source, str) or not IDENTITY_SOURCE_RE.match(source):
+        if isinstance(source, str) and IDENTITY_SOURCE_RE.fullmatch(source):
+            continue
+        if not lambda_authorizer or not isinstance(source, str):
             raise InvalidParameterValue(
                 f"identity source {source!r} must be $request.header.NAME or "
                 "$request.querystring.NAME"
+            )
+        if source.startswith(CONTEXT_SOURCE):
+            if source[len(CONTEXT_SOURCE) :] not in CONTEXT_IDENTITY_VARIABLES:
+                known = ", ".join(CONTEXT_SOURCE + name for name in CONTEXT_IDENTITY_VARIABLES)
+                raise InvalidParameterValue(
+                    f"identity source {source!r}: not a context variable a Lambda authorizer "
+                    f"can read; use one of {known}"
+                )
+        elif not (
+            source.startswith(STAGE_VARIABLE_SOURCE)
+            and STAGE_VARIABLE_NAME_RE.fullmatch(source[len(STAGE_VARIABLE_SOURCE) :])
+        ):
+            raise InvalidParameterValue(
+                f"identity source {source!r} must be $request.header.NAME, "
+                "$request.querystring.NAME, $context.VARIABLE or $stageVariables.NAME"
             )
     return tuple(value)
 

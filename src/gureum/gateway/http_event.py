@@ -22,6 +22,7 @@ import functools
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
@@ -154,6 +155,23 @@ def request_context(api: Api, facts: RequestFacts, account: str) -> dict[str, An
         "time": clf_time(facts.received_at),
         "timeEpoch": int(facts.received_at * 1000),
     }
+
+
+# The `$context` variables a Lambda authorizer's identity sources may name (routes.py's
+# CONTEXT_IDENTITY_VARIABLES), read as request_context() writes them into the event
+CONTEXT_VARIABLES: dict[str, Callable[[Api, RequestFacts], str]] = {
+    "accountId": lambda api, facts: api.account_id,
+    "apiId": lambda api, facts: api.api_id,
+    "domainName": lambda api, facts: host_name(facts.headers.get("host", "")),
+    "domainPrefix": lambda api, facts: host_name(facts.headers.get("host", "")).split(".", 1)[0],
+    "httpMethod": lambda api, facts: facts.method,
+    "identity.sourceIp": lambda api, facts: facts.source_ip,
+    "identity.userAgent": lambda api, facts: facts.headers.get("user-agent", ""),
+    "path": lambda api, facts: facts.raw_path,
+    "protocol": lambda api, facts: facts.protocol,
+    "routeKey": lambda api, facts: facts.route_key,
+    "stage": lambda api, facts: api.stage,
+}
 
 
 def common_fields(api: Api, facts: RequestFacts, account: str) -> dict[str, Any]:

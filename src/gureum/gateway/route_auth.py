@@ -24,10 +24,17 @@ from starlette.types import Scope
 
 from gureum.control.models import parse_function_ref
 from gureum.control.route_store import RouteStore
-from gureum.control.routes import Api, Authorization, Route, hash_api_key
+from gureum.control.routes import (
+    CONTEXT_SOURCE,
+    STAGE_VARIABLE_SOURCE,
+    Api,
+    Authorization,
+    Route,
+    hash_api_key,
+)
 from gureum.errors import AuthError, GureumError, HttpApiError
 from gureum.gateway.auth import signed_request
-from gureum.gateway.http_event import RequestFacts, common_fields, query_map
+from gureum.gateway.http_event import CONTEXT_VARIABLES, RequestFacts, common_fields, query_map
 from gureum.iam.sigv4 import SecretLookup, verify
 from gureum.node.dispatcher import InvocationResult
 
@@ -242,6 +249,12 @@ class RouteAuthorizer:
             elif source.startswith(QUERY_SOURCE):
                 query = query_map(facts.raw_query) if query is None else query
                 value = query.get(source[len(QUERY_SOURCE) :])
+            elif source.startswith(STAGE_VARIABLE_SOURCE):
+                value = api.stage_variables.get(source[len(STAGE_VARIABLE_SOURCE) :])
+            elif source.startswith(CONTEXT_SOURCE) and (
+                read := CONTEXT_VARIABLES.get(source[len(CONTEXT_SOURCE) :])
+            ):
+                value = read(api, facts)
             else:  # not one the route store accepts: a broken route, not a caller's fault
                 log.warning("route %s: unknown identity source %s", route.route_key, source)
                 raise HttpApiError(500, "Internal Server Error")

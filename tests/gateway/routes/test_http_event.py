@@ -77,3 +77,11 @@ def _with_json_module(build: Callable[[], bytes]) -> bytes:
 def test_clf_time_is_per_second() -> None:
     assert clf_time(1_796_000_000.999) == clf_time(1_796_000_000.0) == "30/Nov/2026:00:53:20 +0000"
     assert clf_time(1_796_000_001.0) == "30/Nov/2026:00:53:21 +0000"
+
+
+def test_every_context_identity_source_has_a_reader() -> None:
+    # routes.py accepts the names, http_event.py reads them: a name without a reader would
+    # answer its route's every request 500
+    from gureum.control import routes
+
+    assert set(http_event.CONTEXT_VARIABLES) == set(routes.CONTEXT_IDENTITY_VARIABLES)

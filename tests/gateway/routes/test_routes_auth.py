@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
 
+from gureum.cli.main import app
 from gureum.client import Client
 from gureum.errors import InvalidParameterValue
 from gureum.gateway import route_auth
@@ -502,3 +506,166 @@ def test_a_fresh_policy_is_evaluated_once(
     # a malformed policy is still refused
     broken = http.get("/fresh", headers={"Authorization": "malformed"})
     assert broken.status_code == 500
+
+
+def test_lambda_authorizer_caches_per_client_address(
+    server: RunningServer, deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # '$context.identity.sourceIp' as the identity source (AWS allows $context variables for
+    # Lambda authorizers): an answer is cached for the caller's address, whatever it sends
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    auth = {"kind": "lambda:authz", "identity_source": ["$context.identity.sourceIp"]}
+    admin.add_route("GET /by-address", "echo", auth={**auth, "ttl_s": 60})
+    first = echoed(http.get("/by-address", headers={"Authorization": "let-me-in"}))
+    context = first["requestContext"]["authorizer"]["lambda"]
+    assert context["identity"] == [first["requestContext"]["http"]["sourceIp"]] == ["127.0.0.1"]
+    # the same address within the TTL is answered from the cache, the header notwithstanding
+    again = echoed(http.get("/by-address", headers={"Authorization": "nope"}))
+    assert again["requestContext"]["authorizer"]["lambda"]["calls"] == context["calls"]
+    # another address is asked about anew, and its answer is its own
+    other = httpx.Client(
+        base_url=server.endpoint, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+    )
+    with other:
+        assert other.get("/by-address", headers={"Authorization": "nope"}).status_code == 403
+        assert other.get("/by-address", headers={"Authorization": "let-me-in"}).status_code == 403
+    assert echoed(http.get("/by-address"))["requestContext"]["authorizer"]["lambda"] == context
+
+
+def test_context_identity_sources_are_the_events_request_context(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # every $context variable a route may name reads what the event's requestContext holds
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    admin.create_api("shop", base_path="/shop", stage="prod")
+    names = [
+        "$context.accountId",
+        "$context.apiId",
+        "$context.domainName",
+        "$context.domainPrefix",
+        "$context.httpMethod",
+        "$context.identity.sourceIp",
+        "$context.identity.userAgent",
+        "$context.path",
+        "$context.protocol",
+        "$context.routeKey",
+        "$context.stage",
+    ]
+    auth = {"kind": "lambda:authz", "identity_source": names, "ttl_s": 0}
+    admin.add_route("POST /orders/{id}", "echo", api="shop", auth=auth)
+    headers = {"Authorization": "let-me-in", "User-Agent": "tests/1"}
+    event = echoed(http.post("/shop/prod/orders/7", headers=headers))
+    ctx = event["requestContext"]
+    expected = {
+        "$context.accountId": ctx["accountId"],
+        "$context.apiId": ctx["apiId"],
+        "$context.domainName": "127.0.0.1",
+        "$context.domainPrefix": "127",
+        "$context.httpMethod": "POST",
+        "$context.identity.sourceIp": "127.0.0.1",
+        "$context.identity.userAgent": "tests/1",
+        "$context.path": "/shop/prod/orders/7",
+        "$context.protocol": "HTTP/1.1",
+        "$context.routeKey": "POST /orders/{id}",
+        "$context.stage": "prod",
+    }
+    assert dict(zip(names, ctx["authorizer"]["lambda"]["identity"], strict=True)) == expected
+    assert (ctx["domainName"], ctx["domainPrefix"], ctx["http"]["path"]) == (
+        "127.0.0.1",
+        "127",
+        "/shop/prod/orders/7",
+    )
+
+
+def test_lambda_authorizer_reads_a_stage_variable(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    admin.create_api("shop", base_path="/shop", stage_variables={"tenant": "acme"})
+    auth = {"kind": "lambda:authz", "identity_source": ["$stageVariables.tenant"], "ttl_s": 60}
+    admin.add_route("GET /orders", "echo", api="shop", auth=auth)
+    first = echoed(http.get("/shop/orders", headers={"Authorization": "let-me-in"}))
+    context = first["requestContext"]["authorizer"]["lambda"]
+    assert context["identity"] == ["acme"]
+    # the variable's value is the cache key: the same value is answered from the cache …
+    cached = echoed(http.get("/shop/orders", headers={"Authorization": "nope"}))
+    assert cached["requestContext"]["authorizer"]["lambda"]["calls"] == context["calls"]
+    # … and another value asks the authorizer again
+    admin.update_api("shop", stage_variables={"tenant": "globex"})
+    anew = echoed(http.get("/shop/orders", headers={"Authorization": "let-me-in"}))
+    answer = anew["requestContext"]["authorizer"]["lambda"]
+    assert answer["identity"] == ["globex"] and answer["calls"] == context["calls"] + 1
+
+
+def test_a_missing_stage_variable_is_401_without_asking_the_authorizer(
+    deploy: Deploy, admin: Client, http: httpx.Client
+) -> None:
+    # as with a missing header: an identity source that resolves to nothing is 401, and the
+    # authorizer is not invoked
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    admin.create_api("shop", base_path="/shop", stage_variables={"region": "eu"})
+    auth = {"kind": "lambda:authz", "identity_source": ["$stageVariables.tenant"], "ttl_s": 0}
+    admin.add_route("GET /orders", "echo", api="shop", auth=auth)
+    admin.add_route("GET /count", "echo", api="shop", auth={"kind": "lambda:authz", "ttl_s": 0})
+    missing = http.get("/shop/orders", headers={"Authorization": "let-me-in"})
+    assert missing.status_code == 401 and missing.json() == {"message": "Unauthorized"}
+    assert admin.invocations("authz") == []
+    # the authorizer's first call is this one: the 401 above never reached it
+    counted = echoed(http.get("/shop/count", headers={"Authorization": "let-me-in"}))
+    assert counted["requestContext"]["authorizer"]["lambda"]["calls"] == 1
+    assert len(admin.invocations("authz")) == 1
+
+
+def test_unknown_context_identity_sources_are_refused_at_creation(
+    server: RunningServer,
+    deploy: Deploy,
+    admin: Client,
+    tmp_path: Path,
+    rsa_keys: tuple[Any, dict[str, Any]],
+) -> None:
+    deploy("echo")
+    deploy("authz", AUTHORIZER)
+    with pytest.raises(InvalidParameterValue) as refused:
+        admin.add_route(
+            "GET /x", "echo", auth={"kind": "lambda:authz", "identity_source": ["$context.x"]}
+        )
+    assert "'$context.x'" in refused.value.message
+    assert "$context.identity.sourceIp" in refused.value.message  # what it may be instead
+    for source in ("$stageVariables.bad-name", "$stageVariables.", "$request.path.id"):
+        with pytest.raises(
+            InvalidParameterValue, match=re.escape("VARIABLE or $stageVariables.NAME")
+        ):
+            admin.add_route(
+                "GET /x", "echo", auth={"kind": "lambda:authz", "identity_source": [source]}
+            )
+    # a JWT authorizer still reads its token from a header only
+    _, jwks = rsa_keys
+    jwt_auth = {"kind": "jwt", "issuer": ISSUER, "audience": ["my-app"], "jwks": jwks}
+    for source in ("$context.identity.sourceIp", "$stageVariables.token"):
+        with pytest.raises(
+            InvalidParameterValue, match=re.escape("must be $request.header.NAME or")
+        ):
+            admin.add_route("GET /jwt", "echo", auth={**jwt_auth, "identity_source": source})
+    assert admin.list_routes() == []
+    # the CLI says why
+    root = server.platform.root
+    env = {
+        "GUREUM_ENDPOINT": server.endpoint,
+        "AWS_ENDPOINT_URL": None,
+        "AWS_ACCESS_KEY_ID": root.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": root.secret_access_key,
+        "AWS_SESSION_TOKEN": None,
+        "GUREUM_DATA_DIR": str(tmp_path / "cli-home"),
+    }
+    args = ["route", "add", "GET /x", "echo", "--auth", "lambda:authz", "--identity-source"]
+    result = CliRunner().invoke(app, [*args, "$context.x"], env=env)
+    assert result.exit_code == 1
+    assert "'$context.x': not a context variable" in result.stdout + result.stderr
+    result = CliRunner().invoke(app, [*args, "$context.identity.sourceIp"], env=env)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    route = admin.list_routes()[0]
+    assert route["auth"]["identity_source"] == ["$context.identity.sourceIp"]
