@@ -112,7 +112,10 @@ def add(
     ] = None,
     identity_source: Annotated[
         list[str] | None,
-        typer.Option(help="$request.header.NAME or $request.querystring.NAME (repeatable)."),
+        typer.Option(
+            help="$request.header.NAME or $request.querystring.NAME; a Lambda authorizer also "
+            "takes $stageVariables.NAME and $context.VARIABLE (repeatable)."
+        ),
     ] = None,
     auth_ttl: Annotated[
         int | None, typer.Option(min=0, max=3600, help="lambda: cache results this long (s).")
