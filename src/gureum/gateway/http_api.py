@@ -282,10 +282,13 @@ class _Exchange:
         self.answered = True
         api = self.api
         if response is None:
-            status = CLIENT_CLOSED
+            status, sent = CLIENT_CLOSED, 0
         else:
             cors = None if self.preflight or api is None else api.cors
-            status = await _send(self.send, response, self.request_id, cors, self.headers)
+            status = response.status
+            sent = await _send(self.send, response, self.request_id, cors, self.headers)
+            if self.scope["method"] == "HEAD":
+                sent = 0  # uvicorn sends no body after HEAD
         if access_log.isEnabledFor(logging.INFO):
             scope = self.scope
             query = scope.get("query_string", b"")
@@ -296,7 +299,7 @@ class _Exchange:
                 self.raw_path,
                 "?" + query.decode("latin-1") if query else "",
                 status,
-                0 if response is None else len(response.body),
+                sent,
                 (time.perf_counter() - self.started) * 1000,
                 api.api_id if api else "-",
                 self.route_key,
@@ -311,6 +314,7 @@ async def _send(
     cors: Cors | None,
     request_headers: dict[str, str],
 ) -> int:
+    """Send `response` with the gateway's own headers; the length of the body it carried."""
     headers = response.headers
     if cors is not None:
         # AWS: with CORS configured, the function's own CORS headers are ignored
@@ -330,7 +334,7 @@ async def _send(
     raw += [(b"x-request-id", request_id.encode()), (b"apigw-requestid", request_id.encode())]
     await send({"type": "http.response.start", "status": response.status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
-    return response.status
+    return len(body)
 
 
 def _add_forwarded(headers: dict[str, str], scope: Scope) -> None:

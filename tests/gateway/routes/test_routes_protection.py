@@ -129,16 +129,20 @@ def test_access_log_line_per_request(
 ) -> None:
     deploy("echo")
     admin.add_route("GET /logged/{id}", "echo")
+    admin.add_route("HEAD /logged/{id}", "echo")
     caplog.set_level(logging.INFO, logger="gureum.access")
     ok = http.get("/logged/5?x=1")
     missing = http.get("/not-there")
+    head = http.head("/logged/6")
     lines = [r.getMessage() for r in caplog.records if r.name == "gureum.access"]
-    assert len(lines) == 2
-    assert '"GET /logged/5?x=1" 200' in lines[0]
+    assert len(lines) == 3
+    assert f'"GET /logged/5?x=1" 200 {len(ok.content)} ' in lines[0]  # the bytes sent
     assert 'route="GET /logged/{id}"' in lines[0]
     assert f"request_id={ok.headers['x-request-id']}" in lines[0]
     assert '"GET /not-there" 404' in lines[1]
     assert f"request_id={missing.headers['x-request-id']}" in lines[1]
+    assert int(head.headers["content-length"]) > 0
+    assert '"HEAD /logged/6" 200 0 ' in lines[2]  # a HEAD response carries no body
 
 
 def test_cli_manages_apis_routes_and_keys(
