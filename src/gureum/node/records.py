@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gureum.node.record_writer import RecordWriter, chunks, repeat_values
+from gureum.node.record_writer import RecordWriter, statements
 from gureum.store import Database
 from gureum.store.database import sqlite_statement
 from gureum.store.schema import invocations
@@ -67,20 +67,6 @@ def _one_row_insert(or_ignore: bool) -> str:
     text, names = sqlite_statement(statement, InvocationRecord._fields)
     assert names == InvocationRecord._fields, names
     return text
-
-
-@functools.lru_cache(maxsize=16)
-def _sqlite_insert(rows: int) -> str:
-    """An INSERT of `rows` records as one SQLite statement (qmark parameters, record after
-    record): the one-row statement, compiled once, with its VALUES group repeated.
-
-    One statement per many rows rather than an executemany: SQLite's driver releases and
-    retakes the GIL for every row it steps, and each retake waits for the busy event loop to
-    let go of it (beside a thread busy in Python: 20,000 rows took 118 s as an executemany;
-    10,000 took 0.24 s as statements of 500 rows). Not SQLAlchemy's compilation of a many-row
-    insert: that took 0.43 s for 512 rows, on the event loop, the first time each size came up
-    (a pause of every request in flight)."""
-    return repeat_values(_one_row_insert(False), rows)
 
 
 class InvocationLog:
@@ -262,13 +248,10 @@ class InvocationRecorder:
             await self._writer.write(rows)
             return
         # an in-memory database is the engine's connection's own: only it can write there
-        statements = [
-            (_sqlite_insert(size), tuple(value for row in rows[at : at + size] for value in row))
-            for at, size in chunks(len(rows), _max_rows())
-        ]
+        pieces = statements(_one_row_insert(False), _max_rows(), rows)
 
         async def insert(conn: AsyncConnection) -> None:
-            for sql, params in statements:
+            for sql, params in pieces:
                 await conn.exec_driver_sql(sql, params)
 
         await self.db.write(insert)
