@@ -22,6 +22,7 @@ from gureum.node.records import (
     new_request_id,
 )
 from gureum.store import Database
+from gureum.store.database import SQLITE_PRAGMAS
 
 ACCOUNT = "123456789012"
 
@@ -231,6 +232,10 @@ def _writer(path: Path) -> RecordWriter:
 async def _stored(db: Database) -> list[str]:
     rows = await InvocationRecorder(db).query(ACCOUNT, limit=100, newest_first=False)
     return [r["request_id"] for r in rows]
+
+
+def test_the_writer_connects_as_the_platform_does() -> None:
+    assert record_writer.PRAGMAS == SQLITE_PRAGMAS
 
 
 def test_a_batch_sent_again_is_stored_once(tmp_path: Path) -> None:

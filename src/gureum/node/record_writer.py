@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 FRAME = struct.Struct(">I")
-# the connection settings of the platform's own (gureum.store.database)
+# gureum.store.database.SQLITE_PRAGMAS (importing it would import SQLAlchemy here)
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -193,7 +193,7 @@ class RecordWriter:
             process.stdin.write(FRAME.pack(len(body)) + body)
             await process.stdin.drain()
             answer = await process.stdout.readline()
-        except (ConnectionError, BrokenPipeError):
+        except ConnectionError:  # it died: the pipe is broken
             answer = b""
         if not answer.endswith(b"\n"):  # it died: a new child takes the next batch
             await self._stop(process)

@@ -54,14 +54,21 @@ def run_sqlite(
     return conn.execute(text, [params[name] for name in names])
 
 
+# WAL: readers never block the writer; FULL: a commit is on disk before it returns, which is
+# what "accepted means never lost" needs for async events. (gureum.node.record_writer, which
+# must not import this module, holds a copy; a test keeps the two alike.)
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=10000",
+)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL: readers never block the writer; FULL: a commit is on disk before it returns,
-    # which is what "accepted means never lost" needs for async events.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    for pragma in SQLITE_PRAGMAS:
+        cursor.execute(pragma)
     cursor.close()
 
 
