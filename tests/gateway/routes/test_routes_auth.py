@@ -26,6 +26,7 @@ from gureum.client import Client
 from gureum.errors import InvalidParameterValue
 from gureum.gateway import route_auth
 from gureum.store.schema import gateway_routes
+from tests.cli.test_cli import cli_env
 from tests.conftest import RunningServer, free_port, make_zip
 from tests.gateway.routes.conftest import Deploy, echoed
 
@@ -652,15 +653,7 @@ def test_unknown_context_identity_sources_are_refused_at_creation(
             admin.add_route("GET /jwt", "echo", auth={**jwt_auth, "identity_source": source})
     assert admin.list_routes() == []
     # the CLI says why
-    root = server.platform.root
-    env = {
-        "GUREUM_ENDPOINT": server.endpoint,
-        "AWS_ENDPOINT_URL": None,
-        "AWS_ACCESS_KEY_ID": root.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": root.secret_access_key,
-        "AWS_SESSION_TOKEN": None,
-        "GUREUM_DATA_DIR": str(tmp_path / "cli-home"),
-    }
+    env = cli_env(server, tmp_path)
     args = ["route", "add", "GET /x", "echo", "--auth", "lambda:authz", "--identity-source"]
     result = CliRunner().invoke(app, [*args, "$context.x"], env=env)
     assert result.exit_code == 1

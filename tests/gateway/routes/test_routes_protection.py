@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from gureum.cli.main import app
 from gureum.client import Client
+from tests.cli.test_cli import cli_env
 from tests.conftest import RunningServer
 from tests.gateway.routes.conftest import Deploy, echoed
 
@@ -149,15 +150,7 @@ def test_cli_manages_apis_routes_and_keys(
     server: RunningServer, deploy: Deploy, http: httpx.Client, tmp_path: Path
 ) -> None:
     deploy("echo")
-    root = server.platform.root
-    env = {
-        "GUREUM_ENDPOINT": server.endpoint,
-        "AWS_ENDPOINT_URL": None,
-        "AWS_ACCESS_KEY_ID": root.access_key_id,
-        "AWS_SECRET_ACCESS_KEY": root.secret_access_key,
-        "AWS_SESSION_TOKEN": None,
-        "GUREUM_DATA_DIR": str(tmp_path / "cli-home"),
-    }
+    env = cli_env(server, tmp_path)
     runner = CliRunner()
 
     def run(*args: str, code: int = 0) -> str:
