@@ -1,6 +1,6 @@
 """A trivial HTTP route through Gureum's API gateway vs a plain uvicorn ASGI app, side by side.
 
-    python3 bench/gateway.py [--duration 10] [--connections 32] [--json out.json]
+    python3 bench/gateway.py [--duration 10] [--connections 32] [--json out.json] [--profile]
 
 Starts both servers as subprocesses under the same uvicorn settings (bench/servers.py), deploys
 bench/trivial_handler.py into Gureum, routes `GET /bench` to it (no auth), warms both up and
@@ -9,7 +9,8 @@ sandboxed instance → response mapping) and the same request on the baseline, w
 handler in-process and returns the same body (`{"ok": true}`). A third target, `hop`, is what
 any gateway built like Gureum's must spend at least: the same uvicorn, and a payload-2.0 event
 sent to a plain, unsandboxed worker process and its result back (bench/servers.py `HopApp`);
-nothing of routing, authorization, limits, records, logs or sandboxing.
+nothing of routing, authorization, limits, records, logs or sandboxing. With `--profile`, a last
+run against Gureum under py-spy says where the gateway's and the instances' time goes.
 Target (issue 4): Gureum >= 0.5x the baseline's requests/s at 32 connections, p99 <= 10 ms.
 """
 
@@ -20,12 +21,22 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from invoke import deploy, http_call, measure, new_root_credentials, servers, start_server
+from invoke import (
+    BENCH_DIR,
+    deploy,
+    http_call,
+    measure,
+    new_root_credentials,
+    profile_gureum,
+    servers,
+    start_server,
+)
 from load import HttpRequest, pick_generator
 
 from gureum.client import Client
@@ -43,7 +54,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile Gureum under load with py-spy"
+    )
+    parser.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
+    if args.profile and not shutil.which("py-spy"):
+        parser.error("--profile needs py-spy on PATH (pip install py-spy)")
+    profile_text = ""
     generator_name, generate = pick_generator("auto")
     credentials = new_root_credentials()
     rows = []
@@ -77,6 +95,17 @@ def main(argv: list[str] | None = None) -> None:
                     round_index,
                 )
                 rows.append(run)
+        if args.profile:
+            profile_text = profile_gureum(
+                gureum,
+                route_request(gureum.port),
+                generate,
+                args.connections,
+                args.duration,
+                "py-spy",
+                args.out_dir,
+                None,
+            )
     print(f"load generator: {generator_name}; {args.connections} connections, {args.duration:g} s")
     print(
         f"{'target':10} {'round':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
@@ -98,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p99 = min(r.load.p99_ms for r in rows if r.target == "gureum")
     print(f"gureum/baseline throughput: {ratio:.2f}x (target >= 0.5x); gureum p99 {p99:.2f} ms")
     print(f"hop/baseline throughput: {floor:.2f}x (no gateway built like Gureum's goes faster)")
+    if profile_text:
+        print(profile_text)
     print("wrk command: " + rows[-1].load.command)
     print("command: python3 " + shlex.join(["bench/gateway.py", *(argv or sys.argv[1:])]))
     if args.json:

@@ -27,6 +27,11 @@ _COMPONENTS = {
     "gureum/iam/": "SigV4 verification (gateway/auth.py, iam/)",
     "gureum/gateway/auth.py": "SigV4 verification (gateway/auth.py, iam/)",
     "gureum/gateway/lambda_api.py": "LambdaAPI.invoke (gateway/lambda_api.py)",
+    "gureum/gateway/server.py": "uvicorn (HTTP protocol, socket writes)",
+    "gureum/gateway/http_api.py": "user routes (gateway/http_api.py, http_event.py, routing.py)",
+    "gureum/gateway/http_event.py": "user routes (gateway/http_api.py, http_event.py, routing.py)",
+    "gureum/gateway/routing.py": "user routes (gateway/http_api.py, http_event.py, routing.py)",
+    "gureum/gateway/route_auth.py": "user routes (gateway/http_api.py, http_event.py, routing.py)",
     "gureum/gateway/": "GatewayApp (gateway/app.py, responses.py)",
     "gureum/sandbox/": "instance IPC (sandbox/instance.py, runtime/protocol.py)",
     "gureum/runtime/protocol.py": "instance IPC (sandbox/instance.py, runtime/protocol.py)",
@@ -74,8 +79,13 @@ def _frame_name(raw: str) -> str:
 
 def parse_pyspy_raw(text: str, root_pid: int) -> dict[str, ProcessSamples]:
     """Group py-spy `--format raw --subprocesses` stacks into 'gateway' (the root process,
-    the one running the event loop) and 'instances' (its children: the function sandboxes)."""
-    groups = {"gateway": ProcessSamples(), "instances": ProcessSamples()}
+    the one running the event loop), 'record writer' (the child writing invocation records,
+    gureum.node.record_writer) and 'instances' (the other children: the function sandboxes)."""
+    groups = {
+        "gateway": ProcessSamples(),
+        "instances": ProcessSamples(),
+        "record writer": ProcessSamples(),
+    }
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -88,7 +98,13 @@ def parse_pyspy_raw(text: str, root_pid: int) -> dict[str, ProcessSamples]:
                 pid = int(process.group(1))
             else:
                 frames.append(_frame_name(part))
-        groups["gateway" if pid == root_pid else "instances"].add(frames, int(count))
+        if pid == root_pid:
+            kind = "gateway"
+        elif any(frame.endswith("(gureum/node/record_writer.py)") for frame in frames):
+            kind = "record writer"
+        else:
+            kind = "instances"
+        groups[kind].add(frames, int(count))
     return groups
 
 
